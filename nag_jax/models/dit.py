@@ -1,0 +1,142 @@
+"""DiT / SiT backbone in Flax linen, numerically matching facebookresearch/DiT and willisma/SiT."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nag_jax.models import initializers as init
+from nag_jax.models.config import ModelConfig
+from nag_jax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN modulation: x * (1 + scale) + shift, broadcast over tokens."""
+  return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def layer_norm(x: jax.Array) -> jax.Array:
+  """LayerNorm without affine parameters, eps 1e-6, computed in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + 1e-6)).astype(x.dtype)
+
+
+def dense(features: int, names: tuple, dtype, kernel_init=init.xavier, name: str | None = None):
+  """nn.Dense with logical axis names on kernel and bias (bias zero-initialised as officially)."""
+  return nn.Dense(features, dtype=dtype, name=name,
+                  kernel_init=init.partitioned(kernel_init, names),
+                  bias_init=init.partitioned(init.zeros, names[-1:]))
+
+
+class Attention(nn.Module):
+  """timm Attention: fused qkv (q, k, v thirds, heads contiguous), softmax in float32, projection."""
+  hidden_size: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    dh = d // self.num_heads
+    qkv = dense(3 * d, ("embed", "heads"), self.dtype, name="qkv")(x)
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, dh), 2, 0)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * dh ** -0.5
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
+    return dense(d, ("heads", "embed"), self.dtype, name="proj")(out)
+
+
+class DiTBlock(nn.Module):
+  """Transformer block with adaLN-Zero conditioning (official DiTBlock)."""
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    d = self.hidden_size
+    mod = dense(6 * d, ("embed", "mlp"), self.dtype, kernel_init=init.zeros,
+                name="adaLN_modulation")(nn.silu(c))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+    h = Attention(d, self.num_heads, self.dtype, name="attn")(modulate(layer_norm(x), shift_msa, scale_msa))
+    x = x + gate_msa[:, None] * h
+    h = modulate(layer_norm(x), shift_mlp, scale_mlp)
+    h = dense(int(d * self.mlp_ratio), ("embed", "mlp"), self.dtype, name="fc1")(h)
+    h = dense(d, ("mlp", "embed"), self.dtype, name="fc2")(nn.gelu(h, approximate=True))
+    return x + gate_mlp[:, None] * h
+
+
+class FinalLayer(nn.Module):
+  """adaLN (shift, scale) + linear to p*p*out_channels per token, zero-initialised."""
+  hidden_size: int
+  patch_size: int
+  out_channels: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    mod = dense(2 * self.hidden_size, ("embed", "mlp"), self.dtype, kernel_init=init.zeros,
+                name="adaLN_modulation")(nn.silu(c))
+    shift, scale = jnp.split(mod, 2, axis=-1)
+    x = modulate(layer_norm(x), shift, scale)
+    return dense(self.patch_size ** 2 * self.out_channels, ("embed", "patch_out"), self.dtype,
+                 kernel_init=init.zeros, name="linear")(x)
+
+
+class DiT(nn.Module):
+  """DiT/SiT: (x NHWC, t (B,), y (B,)) -> eps[+variance] (DiT) or velocity (SiT), NHWC."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    dt = cfg.compute_dtype
+    self.x_embedder = nn.Conv(cfg.hidden_size, (cfg.patch_size,) * 2, strides=cfg.patch_size,
+                              padding="VALID", dtype=dt,
+                              kernel_init=init.partitioned(init.patch_embed_init, (None, None, None, "embed")),
+                              bias_init=init.partitioned(init.zeros, ("embed",)))
+    self.t_embedder = TimestepEmbedder(cfg.hidden_size, cfg.time_scale, dt)
+    self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size, cfg.class_dropout_prob > 0)
+    self.blocks = [DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, dt)
+                   for _ in range(cfg.depth)]
+    self.final_layer = FinalLayer(cfg.hidden_size, cfg.patch_size, cfg.out_channels, dt)
+
+  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    cfg = self.config
+    b, h, w, _ = x.shape
+    if (h, w) != (cfg.input_size, cfg.input_size) or x.shape[-1] != cfg.in_channels:
+      raise ValueError(f"expected x of shape (B, {cfg.input_size}, {cfg.input_size}, {cfg.in_channels}) "
+                       f"(NHWC), got {x.shape}")
+    tokens = self.x_embedder(x.astype(cfg.compute_dtype)).reshape(b, -1, cfg.hidden_size)
+    pos = sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size)
+    tokens = tokens + jnp.asarray(pos, cfg.compute_dtype)[None]
+    c = self.t_embedder(t) + self.y_embedder(y).astype(cfg.compute_dtype)
+    for block in self.blocks:
+      tokens = block(tokens, c)
+    out = unpatchify(self.final_layer(tokens, c), cfg.patch_size, cfg.out_channels).astype(jnp.float32)
+    if cfg.family == "sit" and cfg.learn_sigma:
+      out = out[..., :cfg.in_channels]
+    return out
+
+
+def unpatchify(x: jax.Array, p: int, c: int) -> jax.Array:
+  """(N, T, p*p*C) with per-token order (p_row, p_col, C) -> (N, H, W, C)."""
+  n, t, _ = x.shape
+  g = int(round(t ** 0.5))
+  x = x.reshape(n, g, g, p, p, c)
+  return jnp.einsum("nhwpqc->nhpwqc", x).reshape(n, g * p, g * p, c)
+
+
+def init_params(config: ModelConfig, key: jax.Array, batch: int = 1):
+  """Initialise DiT/SiT parameters (official init) and return the unboxed params pytree."""
+  model = DiT(config)
+  x, t, y = dummy_inputs(config, batch)
+  return nn.meta.unbox(model.init(key, x, t, y)["params"])
+
+
+def dummy_inputs(config: ModelConfig, batch: int = 1):
+  """Zero inputs of the right shapes and dtypes for init/eval_shape."""
+  x = jnp.zeros((batch, config.input_size, config.input_size, config.in_channels), jnp.float32)
+  return x, jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32)
