@@ -87,11 +87,18 @@ def infer_config(sd: dict, family: str, num_heads: int | None = None) -> ModelCo
                      learn_sigma=learn_sigma)
 
 
-def expected_shapes(config: ModelConfig) -> dict:
-  """Flax param path -> shape, from `jax.eval_shape` of init (nothing is allocated)."""
+def abstract_params(config: ModelConfig, shardings=None):
+  """ShapeDtypeStructs of the params from `jax.eval_shape` of init (nothing is allocated)."""
   model = DiT(config)
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), *dummy_inputs(config))))
-  flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), *dummy_inputs(config))))["params"]
+  if shardings is None:
+    return shapes
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def expected_shapes(config: ModelConfig) -> dict:
+  """Flax param path -> shape."""
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]
   return {tuple(k.key for k in path): leaf.shape for path, leaf in flat}
 
 

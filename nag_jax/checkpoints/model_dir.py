@@ -1,0 +1,75 @@
+"""A converted model directory: Orbax params + `config.json`; written atomically, loaded by `load`."""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from nag_jax.checkpoints.torch_io import CheckpointError
+from nag_jax.models.config import ModelConfig
+from nag_jax.models.dit import DiT
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def holds_checkpoint(path: str | pathlib.Path) -> bool:
+  """True when `path` already holds a converted model (config or params)."""
+  path = pathlib.Path(path)
+  return (path / CONFIG_FILE).exists() or (path / PARAMS_DIR).exists()
+
+
+def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bool = False,
+         source: str = "") -> pathlib.Path:
+  """Writes params (Orbax) and config into a staging folder, then renames it into place."""
+  path = pathlib.Path(path).absolute()
+  if holds_checkpoint(path) and not overwrite:
+    raise CheckpointError(f"{path} already holds a checkpoint; pass --overwrite to replace it")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(staging / PARAMS_DIR, jax.tree.map(np.asarray, params))
+    ckptr.wait_until_finished()
+    meta = {"model": config.to_dict(), "source": source, "format": "nag_jax/1"}
+    (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    if path.exists():
+      shutil.rmtree(path)
+    staging.rename(path)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging)
+  return path
+
+
+def read_config(path: str | pathlib.Path) -> ModelConfig:
+  """The ModelConfig stored in a converted model directory."""
+  cfg_file = pathlib.Path(path) / CONFIG_FILE
+  if not cfg_file.is_file():
+    raise CheckpointError(f"{path} is not a converted model directory: {CONFIG_FILE} is missing")
+  try:
+    return ModelConfig.from_dict(json.loads(cfg_file.read_text())["model"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"{cfg_file} is not a valid nag_jax model config ({e})") from e
+
+
+def load(path: str | pathlib.Path, *, dtype: str | None = None, shardings=None):
+  """Returns (model, params, config) from a converted directory, optionally restored sharded."""
+  path = pathlib.Path(path).absolute()
+  config = read_config(path)
+  if dtype:
+    config = config.replace(dtype=dtype)
+  if not (path / PARAMS_DIR).exists():
+    raise CheckpointError(f"{path} has no {PARAMS_DIR}/ folder: the conversion did not finish")
+  from nag_jax.checkpoints.dit_convert import abstract_params  # pylint: disable=import-outside-toplevel
+  target = abstract_params(config, shardings)
+  try:
+    params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR, target)
+  except Exception as e:  # orbax raises several types for missing or corrupt files
+    raise CheckpointError(f"cannot restore params from {path / PARAMS_DIR} ({type(e).__name__}: {e})") from e
+  return DiT(config), params, config

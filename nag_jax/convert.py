@@ -1,0 +1,53 @@
+"""CLI: official DiT/SiT checkpoint (.pt/.pth/.safetensors) -> Orbax model directory.
+
+  python -m nag_jax.convert --src DiT-XL-2-256x256.pt --dst ckpt/dit-xl-2 --family dit
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nag_jax.checkpoints import model_dir
+from nag_jax.checkpoints.dit_convert import infer_config, torch_to_flax
+from nag_jax.checkpoints.torch_io import CheckpointError, read_state_dict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m nag_jax.convert", description=__doc__.splitlines()[0])
+  p.add_argument("--src", required=True, help="official checkpoint: state_dict or train.py dict")
+  p.add_argument("--dst", required=True, help="output directory (Orbax params + config.json)")
+  p.add_argument("--family", required=True, choices=["dit", "sit"], help="dit: eps+variance; sit: velocity")
+  p.add_argument("--num-heads", type=int, default=None, help="needed only for a non-standard hidden size")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --dst")
+  p.add_argument("--trust-pickle", action="store_true",
+                 help="allow arbitrary pickled objects (only for files you trust)")
+  p.add_argument("--ignore-unexpected", action="store_true",
+                 help="warn about, instead of refusing, keys the model does not have")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    if model_dir.holds_checkpoint(args.dst) and not args.overwrite:
+      raise CheckpointError(f"{args.dst} already holds a checkpoint; pass --overwrite to replace it")
+    sd, taken = read_state_dict(args.src, trust_pickle=args.trust_pickle)
+    config = infer_config(sd, args.family, args.num_heads)
+    params = torch_to_flax(sd, config, ignore_unexpected=args.ignore_unexpected)
+    out = model_dir.save(args.dst, params, config, overwrite=args.overwrite, source=f"{args.src} ({taken})")
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  n = sum(v.size for v in _leaves(params))
+  print(f"converted {args.src} ({taken}) -> {out}\n  {config}\n  {n:,} parameters (+{config.num_tokens * config.hidden_size:,} "
+        "in the fixed position table)")
+  return 0
+
+
+def _leaves(tree):
+  for v in tree.values():
+    yield from (_leaves(v) if isinstance(v, dict) else [v])
+
+
+if __name__ == "__main__":
+  sys.exit(main())
