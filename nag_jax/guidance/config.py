@@ -1,0 +1,66 @@
+"""Static guidance configuration: which terms are on, their weights, channels and noise intervals.
+
+Conventions are kept apart on purpose: `cfg_scale` and `dog_scale` use the CFG convention (1 = off,
+`uncond + s (cond - uncond)`), `nag_scale` uses the paper's NAG convention (0 = off,
+`(w + 1) s(x|t) - w s(x)`). Intervals are in noise fraction nu in [0, 1], 1 = pure noise.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+NAG_FORMS = ("three_branch", "nested")
+TERMS = ("cfg", "nag", "dog")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceConfig:
+  """Guidance of one sampler; every field is static (a term that is off is never traced)."""
+  cfg_scale: float = 1.0
+  nag_scale: float = 0.0
+  dog_scale: float = 1.0
+  pseudo_level: float | None = None
+  cfg_channels: int | None = None
+  nag_form: str = "three_branch"
+  cfg_interval: tuple[float, float] = (0.0, 1.0)
+  nag_interval: tuple[float, float] = (0.0, 1.0)
+  dog_interval: tuple[float, float] = (0.0, 1.0)
+
+  def __post_init__(self):
+    problems = []
+    if self.cfg_scale < 1:
+      problems.append(f"cfg_scale must be >= 1 (CFG convention, 1 = off), got {self.cfg_scale}")
+    if self.dog_scale < 1:
+      problems.append(f"dog_scale must be >= 1 (CFG convention, 1 = off), got {self.dog_scale}")
+    if self.nag_scale < 0:
+      problems.append(f"nag_scale must be >= 0 (NAG convention, 0 = off), got {self.nag_scale}")
+    if self.nag_form not in NAG_FORMS:
+      problems.append(f"nag_form must be one of {NAG_FORMS}, got {self.nag_form!r}")
+    if self.cfg_channels is not None and self.cfg_channels < 1:
+      problems.append(f"cfg_channels must be >= 1 or None (all latent channels), got {self.cfg_channels}")
+    for term in TERMS:
+      lo, hi = getattr(self, f"{term}_interval")
+      if not 0 <= lo <= hi <= 1:
+        problems.append(f"{term}_interval must satisfy 0 <= lo <= hi <= 1 (noise fraction, 1 = noise), "
+                        f"got ({lo}, {hi})")
+    if problems:
+      raise ValueError("invalid guidance: " + "; ".join(problems))
+
+  def weight(self, term: str) -> float:
+    """The term's weight in `cond + weight (cond - branch)` form (0 = off)."""
+    return {"cfg": self.cfg_scale - 1, "nag": self.nag_scale, "dog": self.dog_scale - 1}[term]
+
+  def active_terms(self, nu: float) -> frozenset:
+    """Terms that act at noise fraction nu: weight > 0 and nu inside a non-empty interval."""
+    def on(term):
+      lo, hi = getattr(self, f"{term}_interval")
+      return self.weight(term) > 0 and lo < hi and lo <= nu <= hi
+    return frozenset(t for t in TERMS if on(t))
+
+  def check_pseudo_level(self, family: str, default: float) -> float:
+    """The pseudo level to use; refuses one inside the trained range of t."""
+    level = default if self.pseudo_level is None else self.pseudo_level
+    trained = (0.0, 999.0) if family == "dit" else (0.0, 1.0)
+    if trained[0] <= level <= trained[1]:
+      raise ValueError(f"pseudo_level {level} lies inside the trained range {trained} of {family} timesteps; "
+                       "the noise-unconditional branch needs a level outside it (1001 for DiT, 1.001 for SiT)")
+    return level

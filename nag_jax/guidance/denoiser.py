@@ -1,0 +1,67 @@
+"""Builds the sampler's `denoise(x, t)`: every active branch stacked into ONE model call of batch k*B."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nag_jax.guidance.combine import combine
+from nag_jax.guidance.config import GuidanceConfig
+from nag_jax.sampling import segments as seg
+
+ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Branched:
+  """A model as the guidance sees it: `apply(params, x, t, y)`, its null class and latent channels."""
+  apply: ApplyFn
+  params: Any
+  null_class: int
+  latent_channels: int
+
+
+def branch_inputs(g: GuidanceConfig, active: frozenset) -> list[tuple[str, str, str]]:
+  """(name, t source, y source) of each branch of the main model, the conditional one first."""
+  branches = [("cond", "t", "y")]
+  if "cfg" in active:
+    branches.append(("cfg_uncond", "t", "null"))
+  if "nag" in active:
+    branches.append(("nag_uncond", "pseudo", "y"))
+    if g.nag_form == "nested" and "cfg" in active:
+      branches.append(("nag_cfg_uncond", "pseudo", "null"))
+  return branches
+
+
+def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: frozenset,
+                 pseudo_level: float, parent: Branched | None = None) -> seg.Denoise:
+  """denoise(x, t) -> guided output for the static set of active terms."""
+  branches = branch_inputs(g, active)
+  if "dog" in active and parent is None:
+    raise ValueError("dog_scale > 1 needs the pre-trained parent model (Domain Guidance)")
+
+  def denoise(x: jax.Array, t: jax.Array) -> jax.Array:
+    b = x.shape[0]
+    srcs = {"t": t, "pseudo": jnp.full_like(t, pseudo_level), "y": labels,
+            "null": jnp.full_like(labels, model.null_class)}
+    k = len(branches)
+    xb = jnp.concatenate([x] * k) if k > 1 else x
+    tb = jnp.concatenate([srcs[ts] for _, ts, _ in branches])
+    yb = jnp.concatenate([srcs[ys] for _, _, ys in branches])
+    out = model.apply(model.params, xb, tb, yb)
+    outs = {name: out[i * b:(i + 1) * b] for i, (name, _, _) in enumerate(branches)}
+    if "dog" in active:
+      outs["dog"] = parent.apply(parent.params, x, t, jnp.full_like(labels, parent.null_class))
+    return combine(outs, g, active, model.latent_channels)
+
+  return denoise
+
+
+def make_segments(model: Branched, labels: jax.Array, g: GuidanceConfig, nu: np.ndarray, pseudo_level: float,
+                  parent: Branched | None = None) -> list[seg.Segment]:
+  """One denoiser per run of steps with the same active terms (static per-step noise fraction nu)."""
+  return [(start, stop, make_denoise(model, labels, g, active, pseudo_level, parent))
+          for start, stop, active in seg.group_steps(nu, g.active_terms)]
