@@ -1,0 +1,120 @@
+"""One compiled sampling call: initial noise, the guided step loop and optional VAE decoding to uint8."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from nag_jax.diffusion.gaussian_diffusion import create_diffusion
+from nag_jax.flow.transport import create_transport
+from nag_jax.guidance import Branched, GuidanceConfig, make_segments
+from nag_jax.models.config import ModelConfig
+from nag_jax.models.dit import DiT
+from nag_jax.sampling import common
+from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_levels, sample_diffusion
+from nag_jax.sampling.ode_sampler import ODE_SAMPLERS, ode_noise_levels, sample_ode
+from nag_jax.sampling.sde_sampler import SDE_SAMPLERS, sample_sde, sde_noise_levels
+
+METHODS = {"dit": ("ddpm", "ddim"), "sit": ("sde", "ode")}
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Which sampler and its settings; defaults are the official sample scripts' (250 steps)."""
+  method: str = "ddpm"                 # dit: ddpm | ddim; sit: sde | ode
+  num_steps: int = 250
+  respacing: str | None = None         # DiT only; default str(num_steps) or f"ddim{num_steps}"
+  clip_denoised: bool = False
+  eta: float = 0.0
+  sde_method: str = "Euler"
+  diffusion_form: str = "sigma"
+  diffusion_norm: float = 1.0
+  last_step: str | None = "Mean"
+  last_step_size: float = 0.04
+  ode_method: str = "dopri5"
+  atol: float = 1e-6
+  rtol: float = 1e-3
+  path_type: str = "Linear"
+
+  def validate(self, family: str) -> None:
+    """One clear error for a bad choice, before any compute."""
+    common.check_choice(f"sampling method for {family}", self.method, METHODS[family])
+    if self.num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+    if self.method == "sde":
+      common.check_choice("SDE sampler", self.sde_method, SDE_SAMPLERS)
+    if self.method == "ode":
+      common.check_choice("ODE sampler", self.ode_method, ODE_SAMPLERS)
+    if self.method in DIFFUSION_SAMPLERS and self.eta < 0:
+      raise ValueError(f"eta must be >= 0, got {self.eta}")
+
+
+def _plan(model_config: ModelConfig, s: SamplerConfig):
+  """(noise levels per step, run(segments, x, key, noises, trajectory)) for the chosen sampler."""
+  if model_config.family == "dit":
+    respacing = s.respacing or (f"ddim{s.num_steps}" if s.method == "ddim" else str(s.num_steps))
+    diffusion = create_diffusion(respacing, learn_sigma=model_config.learn_sigma)
+    def run(segs, x, key, noises, traj):
+      return sample_diffusion(diffusion, segs, x, key, method=s.method, eta=s.eta,
+                              clip_denoised=s.clip_denoised, noises=noises, return_trajectory=traj)
+    return diffusion_noise_levels(diffusion), run
+  transport = create_transport(s.path_type)
+  if s.method == "sde":
+    kw = dict(num_steps=s.num_steps, diffusion_form=s.diffusion_form, last_step=s.last_step,
+              last_step_size=s.last_step_size)
+    def run(segs, x, key, noises, traj):
+      return sample_sde(transport, segs, x, key, method=s.sde_method, diffusion_norm=s.diffusion_norm,
+                        noises=noises, return_trajectory=traj, **kw)
+    return sde_noise_levels(transport, **kw), run
+  if s.ode_method == "dopri5":
+    def run(segs, x, key, noises, traj):
+      del key, noises
+      return sample_ode(transport, segs[0][2], x, num_steps=s.num_steps, method="dopri5", atol=s.atol,
+                        rtol=s.rtol, return_trajectory=traj)
+    return np.ones(1), run
+  def run(segs, x, key, noises, traj):
+    del key, noises
+    return sample_ode(transport, segs, x, num_steps=s.num_steps, method=s.ode_method, return_trajectory=traj)
+  return ode_noise_levels(transport, s.num_steps), run
+
+
+def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig, *,
+                  decode: Callable[[Any, jax.Array], jax.Array] | None = None,
+                  parent_config: ModelConfig | None = None, return_trajectory: bool = False,
+                  jit: bool = True) -> Callable:
+  """fn(params, key, labels, *, decoder_params=None, parent_params=None, noises=None) -> dict.
+
+  The dict holds "latents" (NHWC), "images" (uint8 NHWC, when `decode(decoder_params, latents)` is
+  given), "trajectory" (when asked) and "nfe". Everything, noise draws to uint8, is one compiled call.
+  For dopri5 the guided terms are active over the whole interval (intervals need fixed grids).
+  """
+  sampler.validate(model_config.family)
+  pseudo = guidance.check_pseudo_level(model_config.family, model_config.pseudo_level)
+  nu, run = _plan(model_config, sampler)
+  if "dog" in frozenset().union(*(guidance.active_terms(float(v)) for v in nu)) and parent_config is None:
+    raise ValueError("dog_scale > 1 needs parent_config (the pre-trained model of Domain Guidance)")
+  model = DiT(model_config)
+  parent = DiT(parent_config) if parent_config is not None else None
+  shape = (model_config.input_size, model_config.input_size, model_config.in_channels)
+
+  def apply(module):
+    return lambda p, x, t, y: module.apply({"params": p}, x, t, y)
+
+  def sample(params, key, labels, decoder_params=None, parent_params=None, noises=None):
+    main = Branched(apply(model), params, model_config.null_class, model_config.in_channels)
+    par = None if parent is None else Branched(apply(parent), parent_params, parent_config.null_class,
+                                               parent_config.in_channels)
+    segs = make_segments(main, labels, guidance, nu, pseudo, par)
+    init_key, step_key = jax.random.split(key)
+    x = jax.random.normal(init_key, (labels.shape[0], *shape), jax.numpy.float32)
+    out = run(segs, x, step_key, noises, return_trajectory)
+    result = {"latents": out.x, "nfe": out.nfe}
+    if return_trajectory:
+      result["trajectory"] = out.trajectory
+    if decode is not None:
+      result["images"] = decode(decoder_params, out.x)
+    return result
+
+  return jax.jit(sample) if jit else sample
