@@ -105,6 +105,15 @@ class DiT(nn.Module):
 
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
     cfg = self.config
+    tokens, c = self.features(x, t, y)
+    out = unpatchify(self.final_layer(tokens, c), cfg.patch_size, cfg.out_channels).astype(jnp.float32)
+    if cfg.family == "sit" and cfg.learn_sigma:
+      out = out[..., :cfg.in_channels]
+    return out
+
+  def features(self, x: jax.Array, t: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Tokens (B, T, D) after the last block and the conditioning c (B, D), before the final layer."""
+    cfg = self.config
     b, h, w, _ = x.shape
     if (h, w) != (cfg.input_size, cfg.input_size) or x.shape[-1] != cfg.in_channels:
       raise ValueError(f"expected x of shape (B, {cfg.input_size}, {cfg.input_size}, {cfg.in_channels}) "
@@ -115,10 +124,7 @@ class DiT(nn.Module):
     c = self.t_embedder(t) + self.y_embedder(y).astype(cfg.compute_dtype)
     for block in self.blocks:
       tokens = block(tokens, c)
-    out = unpatchify(self.final_layer(tokens, c), cfg.patch_size, cfg.out_channels).astype(jnp.float32)
-    if cfg.family == "sit" and cfg.learn_sigma:
-      out = out[..., :cfg.in_channels]
-    return out
+    return tokens, c
 
 
 def unpatchify(x: jax.Array, p: int, c: int) -> jax.Array:

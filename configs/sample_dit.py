@@ -1,0 +1,14 @@
+"""Sample a converted DiT with the paper's settings (250 DDPM steps; appendix B guidance weights).
+
+  python -m nag_jax.sample --config configs/sample_dit.py:nag \
+      --config.checkpoint=ckpt/dit-xl-2 --config.vae=ckpt/sd-vae-ft-ema --config.num_samples=50000
+
+Presets after the colon: none | cfg (1.5) | nag (w=3.0) | nag_cfg (cfg 1.2 + w 2.0). Official checkpoints
+need the NAG fine-tune (configs/finetune_nag_xl.py) before `nag`/`nag_cfg` help: without a trained
+noise-unconditional branch the pseudo level is out of distribution.
+"""
+from nag_jax.sampling.config import default_sample_config
+
+
+def get_config(preset: str = "nag"):
+  return default_sample_config("dit", preset or "nag")
