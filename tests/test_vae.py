@@ -76,6 +76,10 @@ def _images(config, batch=2):
   return torch.rand(batch, 3, 4 * f, 6 * f, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
+def _jitted(module, method):
+  return jax.jit(lambda p, x: module.apply({"params": p}, x, method=method))
+
+
 def _converted(saved, name):
   model, folder = saved(name)
   config, sd = vae_convert.read_diffusers(folder)
@@ -89,8 +93,8 @@ def test_encoder_moments_and_decoder_match_diffusers(saved, name):
   with torch.no_grad():
     post = model.encode(x).latent_dist
     out = model.decode(post.mean).sample
-  enc = jax.jit(lambda p, x: module.apply({"params": p}, x, method=AutoencoderKL.encode))(params, _nhwc(x))
-  dec = jax.jit(lambda p, z: module.apply({"params": p}, z, method=AutoencoderKL.decode))(params, _nhwc(post.mean))
+  enc = _jitted(module, AutoencoderKL.encode)(params, _nhwc(x))
+  dec = _jitted(module, AutoencoderKL.decode)(params, _nhwc(post.mean))
   errs = {"mean": np.abs(_nchw(enc.mean) - post.mean.numpy()).max(),
           "logvar": np.abs(_nchw(enc.logvar) - post.logvar.numpy()).max(),
           "decoded": np.abs(_nchw(dec) - out.numpy()).max()}
@@ -167,7 +171,8 @@ def test_cli_writes_orbax_that_load_vae_restores(saved, tmp_path):
   z = torch.randn(2, 4, 3, 5)
   with torch.no_grad():
     ref = model.decode(z).sample.numpy()
-  assert np.abs(_nchw(module.apply({"params": params}, _nhwc(z), method=AutoencoderKL.decode)) - ref).max() <= TOL
+  got = module.apply({"params": params}, _nhwc(z), method=AutoencoderKL.decode)
+  assert np.abs(_nchw(got) - ref).max() <= TOL
 
   before = {p: p.stat().st_mtime_ns for p in dst.rglob("*")}
   with pytest.raises(SystemExit, match="--overwrite"):
@@ -203,7 +208,8 @@ def test_bad_inputs_exit_with_a_message_and_write_nothing(saved, tmp_path):
       "no_weights": (tmp_path / "no_weights", "holds none of"),
       "no_config": (tmp_path / "no_config", "no config.json"),
       "no_config_file": (tmp_path / "no_config" / "diffusion_pytorch_model.safetensors", "no config.json"),
-      "mismatch": (tmp_path / "mismatch", r"2 missing keys: .*; 126 unexpected keys: .*; 116 shape mismatches: "),
+      "mismatch": (tmp_path / "mismatch",
+                   r"2 missing keys: .*; 126 unexpected keys: .*; 116 shape mismatches: "),
       "latent8": (tmp_path / "latent8", r"described by config.json: 7 shape mismatches: "
                                         r"decoder\.conv_in\.weight \(16, 4, 3, 3\) \(model: \(16, 8, 3, 3\)\)"),
       "unknown_field": (tmp_path / "unknown_field", r"unknown AutoencoderKL config fields \['norm_type'\]"),
@@ -242,11 +248,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close(saved):
   assert {s.dtype for s in jax.tree.leaves(jax.eval_shape(bf16.init, jax.random.key(0),
                                                           jnp.zeros((1, 8, 8, 3))))} == {np.dtype("float32")}
   z = jax.random.normal(jax.random.key(0), (2, 4, 6, 4))
-
-  def dec(m):
-    return jax.jit(lambda p, z: m.apply({"params": p}, z, method=AutoencoderKL.decode))(params, z)
-
-  ref, low = dec(module), dec(bf16)
+  ref, low = (_jitted(m, AutoencoderKL.decode)(params, z) for m in (module, bf16))
   assert low.dtype == jnp.bfloat16
   err = np.abs(np.asarray(low, np.float32) - np.asarray(ref))
   print(f"\nbfloat16 decode vs float32: max abs {err.max():.3f}, mean abs {err.mean():.4f} "

@@ -25,13 +25,13 @@ PARAMS_DIR = "params"
 # Weight files of a diffusers model folder, in the order diffusers prefers them.
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                 "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
-# Attention names of checkpoints saved before diffusers 0.14 (still in the sd-vae-ft-* files);
+# Attention names of VAE files saved by old diffusers (e.g. stable-diffusion-2-1-base/vae);
 # diffusers renames them on load (ModelMixin._convert_deprecated_attention_blocks).
 _DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
 def torch_key(path: tuple[str, ...]) -> str:
-  """Flax param path -> diffusers key: ('encoder', 'down_blocks_0', 'conv1', 'kernel') -> 'encoder.down_blocks.0.conv1.weight'."""
+  """Flax param path -> diffusers key: (decoder, up_blocks_0, conv1, kernel) -> decoder.up_blocks.0.conv1.weight."""
   parts = []
   for name in path[:-1]:
     m = re.fullmatch(r"(.+)_(\d+)", name)
@@ -50,7 +50,8 @@ def _to_torch(a: np.ndarray) -> np.ndarray:
 
 
 def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-  return {4: lambda s: (s[3], s[2], s[0], s[1]), 2: lambda s: s[::-1]}.get(len(shape), lambda s: s)(tuple(shape))
+  s = tuple(shape)
+  return (s[3], s[2], s[0], s[1]) if len(s) == 4 else s[::-1]  # conv (kh, kw, I, O); linear/1-D
 
 
 def expected_torch_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:
@@ -112,7 +113,8 @@ def read_diffusers(src: str | pathlib.Path) -> tuple[VAEConfig, dict]:
   else:
     raise CheckpointError(f"{src} does not exist")
   if not (folder / CONFIG_FILE).is_file():
-    raise CheckpointError(f"{folder} has no {CONFIG_FILE}; a diffusers-format VAE needs one beside its weights")
+    raise CheckpointError(f"{folder} has no {CONFIG_FILE}, which a diffusers-format VAE keeps "
+                          "beside its weights")
   config = read_config(folder)
   sd, _ = read_state_dict(weights)
   return config, sd
@@ -134,7 +136,8 @@ def _check_dst(dst: pathlib.Path, overwrite: bool) -> None:
     raise CheckpointError(f"{dst} already exists and is not empty; pass --overwrite to replace it")
 
 
-def save_vae(dst: str | pathlib.Path, params: dict, config: VAEConfig, overwrite: bool = False) -> pathlib.Path:
+def save_vae(dst: str | pathlib.Path, params: dict, config: VAEConfig,
+             overwrite: bool = False) -> pathlib.Path:
   """Writes `dst/params` (Orbax) and `dst/config.json` via a staging folder renamed into place."""
   dst = pathlib.Path(dst).absolute()
   _check_dst(dst, overwrite)
@@ -154,8 +157,9 @@ def save_vae(dst: str | pathlib.Path, params: dict, config: VAEConfig, overwrite
   return dst
 
 
-def convert(src: str | pathlib.Path, dst: str | pathlib.Path, overwrite: bool = False) -> tuple[VAEConfig, dict]:
-  """diffusers folder/file -> converted folder; everything is read and validated before anything is written."""
+def convert(src: str | pathlib.Path, dst: str | pathlib.Path,
+            overwrite: bool = False) -> tuple[VAEConfig, dict]:
+  """diffusers folder/file -> converted folder; all is read and validated before anything is written."""
   dst = pathlib.Path(dst)
   _check_dst(dst, overwrite)
   config, sd = read_diffusers(src)

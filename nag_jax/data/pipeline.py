@@ -62,7 +62,9 @@ def make_train_iterator(source, *, global_batch_size: int, seed: int, shuffle: b
 
   The order and the flips are a function of `seed` (and the position in the stream) only. Each
   process reads a disjoint shard of the records (`shard_options`, default `ShardByJaxProcess`; the
-  remainder that would make shards unequal is dropped). `num_epochs=None` repeats forever; the last
+  remainder that would make shards unequal is dropped). As grain's IndexSampler does, a shard is a
+  contiguous block of records shuffled within itself, so with class-sorted records each process sees
+  a subset of classes and the global batch mixes them. `num_epochs=None` repeats forever; the last
   incomplete batch of a finite run is dropped. `read_options` sets the threads that read (and decode)
   records in this process (grain's default: 16 threads, 500 records ahead).
   """

@@ -2,7 +2,7 @@
 
 The trace term uses the symmetric form tr sqrt(S1 S2) = tr sqrt(S1^1/2 S2 S1^1/2): two symmetric
 eigendecompositions with eigenvalues clipped at 0, so singular or near-singular covariances (fewer
-samples than dimensions) need no jitter and give no complex parts, unlike a general `sqrtm(S1 @ S2)`.
+samples than dimensions) need no jitter and give no complex parts, unlike `sqrtm(S1 @ S2)`.
 """
 import warnings
 
@@ -18,13 +18,14 @@ def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   if n < d:
     warnings.warn(
         f"FID from {n} samples < feature dimension {d}: the covariance is singular and the "
-        f"Fréchet distance is biased upwards; use at least {d} (ADM uses 50,000) for reported numbers",
+        f"Fréchet distance is biased upwards; use at least {d} (ADM uses 50,000) for reported "
+        "numbers",
         UserWarning, stacklevel=2)
   return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
 def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-  """Symmetric square root of a symmetric positive semi-definite matrix (negative rounding clipped)."""
+  """Symmetric square root of a symmetric PSD matrix (negative rounding errors clipped to 0)."""
   w, v = np.linalg.eigh(s)
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
@@ -39,7 +40,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
                      mu2: np.ndarray, sigma2: np.ndarray) -> float:
-  """||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrt(S1 S2)) between two Gaussians (FID on Inception features)."""
+  """||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrt(S1 S2)) between two Gaussians (FID on Inception)."""
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
   d = mu1.shape[-1] if mu1.ndim else 0

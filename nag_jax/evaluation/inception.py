@@ -1,7 +1,7 @@
 """The FID InceptionV3 (pytorch-fid's port of the 2015 TF graph) in Flax linen, NHWC.
 
-Module names follow the PyTorch state dict (`Mixed_5b.branch1x1.conv`), so conversion is a mechanical
-rename; see `inception_convert.py`.
+Module names follow the PyTorch state dict (`Mixed_5b.branch1x1.conv`), so conversion is a
+mechanical rename; see `inception_convert.py`.
 """
 from typing import Literal
 
@@ -130,7 +130,8 @@ class InceptionE(nn.Module):
 def resize_bilinear_tf1(x: jax.Array, size: int) -> jax.Array:
   """TF1 `ResizeBilinear` (align_corners=False, no half-pixel centres) of NHWC `x` to size x size.
 
-  Source coordinate `dst * in / out`: the legacy alignment of the 2015 Inception graph in ADM's evaluator.
+  Source coordinate `dst * in / out`: the legacy alignment of the 2015 Inception graph that ADM's
+  evaluator runs.
   """
   for axis in (1, 2):
     n = x.shape[axis]
@@ -147,7 +148,8 @@ def preprocess(images: jax.Array, resize: Resize = "pytorch_fid") -> jax.Array:
   """Maps NHWC pixel values in [0, 255] to the network input: 299x299 in [-1, 1].
 
   "pytorch_fid": x/255, bilinear half-pixel resize without antialiasing, 2x-1 (pytorch-fid with
-  `resize_input=True, normalize_input=True`). "tf1": TF1 legacy resize, then (x-128)/128 (ADM/TF graph).
+  `resize_input=True, normalize_input=True`). "tf1": TF1 legacy resize, then (x-128)/128, as the TF
+  graph in ADM's evaluator.
   """
   x = images.astype(jnp.float32)
   b, _, _, c = x.shape

@@ -1,7 +1,7 @@
 """pytorch-fid weight file (`pt_inception-2015-12-05-*.pth`) <-> Flax variables for `InceptionV3`.
 
-The user supplies the file; nothing is downloaded. Converted variables are validated against the shapes
-of `jax.eval_shape(model.init, ...)` before use, listing missing, unexpected and mismatched keys.
+The user supplies the file; nothing is downloaded. Converted variables are validated against the
+shapes of `jax.eval_shape(model.init, ...)`, listing missing, unexpected and mismatched keys.
 """
 import os
 from collections.abc import Mapping

@@ -1,4 +1,4 @@
-"""Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds, as ADM's evaluator.
+"""Improved precision and recall (Kynkäänniemi et al. 2019) on k-NN manifolds, as ADM's evaluator.
 
 Each set's manifold is the union of balls around its points with radius the distance to the k-th
 nearest other point (k = 3). Precision: fraction of samples inside the reference manifold; recall:

@@ -112,7 +112,7 @@ class FolderImages:
 
 def _check_npz(path: str | os.PathLike) -> None:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{os.fspath(path)!r} not found")
+    raise FileNotFoundError(f"{os.fspath(path)!r} not found (expected an .npz file or an image folder)")
   if not zipfile.is_zipfile(path):
     raise ValueError(f"{os.fspath(path)!r} is neither an .npz file nor a folder of images")
 

@@ -96,6 +96,7 @@ class DiagonalGaussian:
 
   @property
   def std(self) -> jax.Array:
+    """exp(logvar / 2)."""
     return jnp.exp(0.5 * self.logvar)
 
   def sample(self, key: jax.Array) -> jax.Array:

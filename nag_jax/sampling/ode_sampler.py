@@ -6,8 +6,6 @@ then only marks the trajectory output points.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import diffrax
 import jax
 import jax.numpy as jnp

@@ -82,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       pending.append((step, metrics))
       progress(step)
       last = step == config.num_train_steps
-      save = manager.should_save(step) or last
+      save = step % config.checkpoint.every_steps == 0 or last or manager.reached_preemption(step)
       if save or step % config.log_every_steps == 0:
         write_metrics(writer, pending)  # raises on a non-finite loss before anything is saved
         pending = []
