@@ -35,6 +35,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _open_inputs(args: argparse.Namespace):
   """Opens and validates every input before any compute; errors become one-line SystemExits."""
+  if args.batch_size < 1 or args.k < 1:
+    raise SystemExit("error: --batch-size and --k must be positive")
   try:
     samples = sample_io.open_images(args.samples)
     reference = sample_io.open_reference(args.reference)
@@ -45,8 +47,10 @@ def _open_inputs(args: argparse.Namespace):
   if reference.mu is not None and reference.mu.shape[0] != pool_dim:
     raise SystemExit(f"error: reference statistics have dimension {reference.mu.shape[0]}, "
                      f"Inception pool features have {pool_dim}")
-  if args.batch_size < 1 or args.k < 1:
-    raise SystemExit("error: --batch-size and --k must be positive")
+  sizes = [len(samples)] + ([] if reference.images is None else [len(reference.images)])
+  if min(sizes) <= max(args.k, 1):
+    raise SystemExit(f"error: need more than max(k, 1) = {max(args.k, 1)} images per set, "
+                     f"got {sizes}")
   return model, variables, samples, reference
 
 

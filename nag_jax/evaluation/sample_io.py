@@ -88,12 +88,18 @@ class FolderImages:
                         if p.suffix.lower() in IMAGE_SUFFIXES)
     if not self.files:
       raise ValueError(f"{self.source}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    self.shape = (len(self.files),) + self._read(self.files[0]).shape
+    width, height = self._size(self.files[0])
+    for file in self.files[1:]:  # Headers only: a size mismatch fails before any compute.
+      w, h = self._size(file)
+      if (w, h) != (width, height):
+        raise ValueError(f"{file}: size {w}x{h} differs from the folder's first image "
+                         f"{width}x{height}; resize all images to one size first")
+    self.shape = (len(self.files), height, width, 3)
 
   @staticmethod
-  def _read(file: pathlib.Path) -> np.ndarray:
+  def _size(file: pathlib.Path) -> tuple[int, int]:
     with Image.open(file) as im:
-      return np.asarray(im.convert("RGB"), dtype=np.uint8)
+      return im.size
 
   def __len__(self) -> int:
     return len(self.files)
@@ -101,18 +107,17 @@ class FolderImages:
   def batches(self, batch_size: int) -> Iterator[np.ndarray]:
     """Yields (b, H, W, 3) uint8 batches in sorted file order."""
     for start in range(0, len(self.files), batch_size):
-      files = self.files[start:start + batch_size]
-      images = [self._read(f) for f in files]
-      for file, im in zip(files, images):
-        if im.shape != self.shape[1:]:
-          raise ValueError(f"{file}: size {im.shape} differs from the folder's first image "
-                           f"{self.shape[1:]}; resize all images to one size first")
+      images = []
+      for file in self.files[start:start + batch_size]:
+        with Image.open(file) as im:
+          images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
       yield np.stack(images)
 
 
 def _check_npz(path: str | os.PathLike) -> None:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{os.fspath(path)!r} not found (expected an .npz file or an image folder)")
+    raise FileNotFoundError(
+        f"{os.fspath(path)!r} not found (expected an .npz file or an image folder)")
   if not zipfile.is_zipfile(path):
     raise ValueError(f"{os.fspath(path)!r} is neither an .npz file nor a folder of images")
 
