@@ -3,8 +3,8 @@
   python -m nag_jax.evaluate --samples S.npz --reference VIRTUAL_imagenet256_labeled.npz \
       --inception pt_inception-2015-12-05-6726825d.pth [--resize pytorch_fid|tf1] [--out m.json]
 
-FID uses the reference file's `mu`/`sigma`; precision/recall need reference images (`arr_0` or a
-folder). Features come from pytorch-fid's network, so numbers differ slightly from ADM's TF graph.
+FID uses the reference file's `mu`/`sigma` (or, with --recompute-reference-stats, statistics of its
+images through this network); precision/recall need reference images (`arr_0` or a folder).
 """
 import argparse
 import json
@@ -27,6 +27,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--resize", choices=RESIZE_MODES, default="pytorch_fid",
                  help="resize/normalisation before Inception (tf1 = legacy TF graph alignment)")
   p.add_argument("--batch-size", type=int, default=200, help="global batch, split over devices")
+  p.add_argument("--recompute-reference-stats", action="store_true",
+                 help="ignore the file's mu/sigma; compute them from its images with this network")
   p.add_argument("--k", type=int, default=3, help="neighbourhood size for precision/recall")
   p.add_argument("--out", help="write the metrics and protocol as JSON here")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -43,6 +45,11 @@ def _open_inputs(args: argparse.Namespace):
     model, variables = inception_convert.load_inception(args.inception, args.resize)
   except (FileNotFoundError, ValueError, ImportError) as e:
     raise SystemExit(f"error: {e}") from None
+  if args.recompute_reference_stats and reference.images is None:
+    raise SystemExit("error: --recompute-reference-stats needs reference images "
+                     "(arr_0 or a folder)")
+  if args.recompute_reference_stats:
+    reference = sample_io.Reference(None, None, reference.images)
   pool_dim = variables["params"]["fc"]["kernel"].shape[0]
   if reference.mu is not None and reference.mu.shape[0] != pool_dim:
     raise SystemExit(f"error: reference statistics have dimension {reference.mu.shape[0]}, "
@@ -64,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return pool, adm_logits(v, pool)
 
   def run(images, desc):
-    return extract_features(features, variables, images, args.batch_size,
-                            progress=not args.no_progress, desc=desc)
+    with jax.default_matmul_precision("highest"):  # Full float32 convs: no TF32 on GPUs.
+      return extract_features(features, variables, images, args.batch_size,
+                              progress=not args.no_progress, desc=desc)
 
   pool, logits = run(samples, "samples")
   ref_pool = run(reference.images, "reference")[0] if reference.images is not None else None
@@ -84,12 +92,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
   metrics["protocol"] = {
       "samples": os.fspath(args.samples), "num_samples": len(samples),
       "reference": os.fspath(args.reference),
-      "reference_statistics": "file mu/sigma" if reference.mu is not None else "computed",
+      "reference_statistics": (
+          "file mu/sigma" if reference.mu is not None else "computed from reference images"),
       "num_reference_images": None if ref_pool is None else len(ref_pool),
       "inception_weights": os.path.basename(args.inception), "resize": args.resize,
       "feature_extractor": "pytorch-fid FID InceptionV3 (Flax port), pool_3 2048-d",
       "inception_score": "softmax(pool @ fc.kernel), no bias, splits of 5000 (ADM)",
-      "precision_recall_k": args.k, "batch_size": args.batch_size,
+      "precision_recall_k": args.k, "matmul_precision": "highest (float32)",
+      "batch_size": args.batch_size,
       "devices": f"{jax.device_count()} x {jax.devices()[0].platform}"}
 
   print(f"{'metric':<16}value")

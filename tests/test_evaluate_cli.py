@@ -154,3 +154,5 @@ def test_reference_without_images_keeps_statistics(files):
   assert reference.images is None and reference.sigma.shape == (4, 4)
   with pytest.raises(SystemExit, match="reference statistics have dimension 4, .* 2048"):
     evaluate.main(_argv(files, reference=path))
+  with pytest.raises(SystemExit, match="--recompute-reference-stats needs reference images"):
+    evaluate.main(_argv(files, reference=path) + ["--recompute-reference-stats"])

@@ -1,6 +1,6 @@
-"""Sample-quality metrics for generated images, as ADM's evaluator reports them.
+"""Evaluation of generated samples; the metrics follow ADM's evaluator protocol.
 
-Modules: `inception` (FID InceptionV3 in Flax), `inception_convert` (pytorch-fid weights),
+Metric modules: `inception` (FID InceptionV3 in Flax), `inception_convert` (pytorch-fid weights),
 `features` (sharded batched extraction with any feature function), `fid` (Fréchet distance,
 Inception Score), `precision_recall` (k-NN manifolds), `sample_io` (ADM .npz / image folders).
 """

@@ -133,7 +133,7 @@ def resize_bilinear_tf1(x: jax.Array, size: int) -> jax.Array:
   Source coordinate `dst * in / out`: the legacy alignment of the 2015 Inception graph that ADM's
   evaluator runs.
   """
-  for axis in (1, 2):
+  for axis in (2, 1):  # Width first, then height, in TF's order of interpolation.
     n = x.shape[axis]
     src = jnp.arange(size, dtype=jnp.float32) * jnp.float32(n / size)
     i0 = jnp.floor(src).astype(jnp.int32)

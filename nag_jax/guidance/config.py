@@ -3,13 +3,23 @@
 Conventions are kept apart on purpose: `cfg_scale` and `dog_scale` use the CFG convention (1 = off,
 `uncond + s (cond - uncond)`), `nag_scale` uses the paper's NAG convention (0 = off,
 `(w + 1) s(x|t) - w s(x)`). Intervals are in noise fraction nu in [0, 1], 1 = pure noise.
+
+Besides the branch terms, three per-step terms change the single guided output (0 = off for each):
+classifier-based NAG (`classifier_nag_scale`, a Gaussian likelihood of width `classifier_nag_sigma`
+around the scheduled level; `guidance/classifier_nag.py`) and the exposure-bias baselines of the
+paper's Table 5, Epsilon Scaling (`eps_scaling`: the network output is divided by 1 + eps_scaling)
+and Time Shift (`time_shift_window`: half-width, in noise fraction, of the searched window;
+`guidance/baselines.py`). Time Shift's cutoff is its interval: `time_shift_interval=(cutoff, 1)`.
 """
 from __future__ import annotations
 
 import dataclasses
 
 NAG_FORMS = ("three_branch", "nested")
-TERMS = ("cfg", "nag", "dog")
+TERMS = ("cfg", "nag", "dog", "classifier_nag", "eps_scaling", "time_shift")
+# The field holding each term's strength (> 0 = on).
+STRENGTHS = {"cfg": "cfg_scale", "nag": "nag_scale", "dog": "dog_scale", "classifier_nag": "classifier_nag_scale",
+             "eps_scaling": "eps_scaling", "time_shift": "time_shift_window"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +34,18 @@ class GuidanceConfig:
   cfg_interval: tuple[float, float] = (0.0, 1.0)
   nag_interval: tuple[float, float] = (0.0, 1.0)
   dog_interval: tuple[float, float] = (0.0, 1.0)
+  classifier_nag_scale: float = 0.0
+  classifier_nag_sigma: float = 0.1
+  classifier_nag_interval: tuple[float, float] = (0.0, 1.0)
+  eps_scaling: float = 0.0
+  eps_scaling_interval: tuple[float, float] = (0.0, 1.0)
+  time_shift_window: float = 0.0
+  time_shift_data_var: float = 0.0
+  time_shift_interval: tuple[float, float] = (0.0, 1.0)
 
   def __post_init__(self):
+    for term in TERMS:  # configs give lists; tuples keep the dataclass hashable
+      object.__setattr__(self, f"{term}_interval", tuple(getattr(self, f"{term}_interval")))
     problems = []
     if self.cfg_scale < 1:
       problems.append(f"cfg_scale must be >= 1 (CFG convention, 1 = off), got {self.cfg_scale}")
@@ -35,6 +55,13 @@ class GuidanceConfig:
       problems.append(f"nag_scale must be >= 0 (NAG convention, 0 = off), got {self.nag_scale}")
     if self.nag_form not in NAG_FORMS:
       problems.append(f"nag_form must be one of {NAG_FORMS}, got {self.nag_form!r}")
+    for name in ("classifier_nag_scale", "eps_scaling", "time_shift_data_var"):
+      if getattr(self, name) < 0:
+        problems.append(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+    if self.classifier_nag_sigma <= 0:
+      problems.append(f"classifier_nag_sigma must be > 0 (likelihood width), got {self.classifier_nag_sigma}")
+    if not 0 <= self.time_shift_window < 1:
+      problems.append(f"time_shift_window must be in [0, 1) (noise fraction, 0 = off), got {self.time_shift_window}")
     if self.cfg_channels is not None and self.cfg_channels < 1:
       problems.append(f"cfg_channels must be >= 1 or None (all latent channels), got {self.cfg_channels}")
     for term in TERMS:
@@ -46,8 +73,9 @@ class GuidanceConfig:
       raise ValueError("invalid guidance: " + "; ".join(problems))
 
   def weight(self, term: str) -> float:
-    """The term's weight in `cond + weight (cond - branch)` form (0 = off)."""
-    return {"cfg": self.cfg_scale - 1, "nag": self.nag_scale, "dog": self.dog_scale - 1}[term]
+    """The term's weight (0 = off): `cond + weight (cond - branch)` for branch terms, else its strength."""
+    offset = 1 if term in ("cfg", "dog") else 0
+    return getattr(self, STRENGTHS[term]) - offset
 
   def active_terms(self, nu: float) -> frozenset:
     """Terms that act at noise fraction nu: weight > 0 and nu inside a non-empty interval."""

@@ -1,4 +1,8 @@
-"""Builds the sampler's `denoise(x, t)`: every active branch stacked into ONE model call of batch k*B."""
+"""Builds the sampler's `denoise(x, t)`: every active branch stacked into ONE model call of batch k*B.
+
+Per-step terms wrap that call: Time Shift picks the time the branches see, then Epsilon Scaling and
+classifier-based NAG change the combined output (they need the forward `schedule`; the latter g_phi).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nag_jax.guidance import baselines
+from nag_jax.guidance.classifier_nag import Estimator, classifier_nag
 from nag_jax.guidance.combine import combine
 from nag_jax.guidance.config import GuidanceConfig
 from nag_jax.sampling import segments as seg
@@ -37,15 +43,24 @@ def branch_inputs(g: GuidanceConfig, active: frozenset) -> list[tuple[str, str, 
 
 
 def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: frozenset,
-                 pseudo_level: float, parent: Branched | None = None) -> seg.Denoise:
+                 pseudo_level: float, parent: Branched | None = None, *,
+                 schedule: baselines.Schedule | None = None, estimator: Estimator | None = None) -> seg.Denoise:
   """denoise(x, t) -> guided output for the static set of active terms."""
   branches = branch_inputs(g, active)
   if "dog" in active and parent is None:
     raise ValueError("dog_scale > 1 needs the pre-trained parent model (Domain Guidance)")
+  if active & {"classifier_nag", "time_shift"} and schedule is None:
+    raise ValueError(f"{sorted(active & {'classifier_nag', 'time_shift'})} needs the model's forward "
+                     "schedule (schedule=baselines.Schedule.create(family))")
+  if "classifier_nag" in active and estimator is None:
+    raise ValueError("classifier_nag_scale > 0 needs the noise-level estimator g_phi (estimator=...)")
 
   def denoise(x: jax.Array, t: jax.Array) -> jax.Array:
     b = x.shape[0]
-    srcs = {"t": t, "pseudo": jnp.full_like(t, pseudo_level), "y": labels,
+    t_in = t
+    if "time_shift" in active:
+      t_in = baselines.time_shift(x, t, g.time_shift_window, schedule, g.time_shift_data_var)
+    srcs = {"t": t_in, "pseudo": jnp.full_like(t, pseudo_level), "y": labels,
             "null": jnp.full_like(labels, model.null_class)}
     k = len(branches)
     xb = jnp.concatenate([x] * k) if k > 1 else x
@@ -54,14 +69,21 @@ def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: 
     out = model.apply(model.params, xb, tb, yb)
     outs = {name: out[i * b:(i + 1) * b] for i, (name, _, _) in enumerate(branches)}
     if "dog" in active:
-      outs["dog"] = parent.apply(parent.params, x, t, jnp.full_like(labels, parent.null_class))
-    return combine(outs, g, active, model.latent_channels)
+      outs["dog"] = parent.apply(parent.params, x, t_in, jnp.full_like(labels, parent.null_class))
+    out = combine(outs, g, active, model.latent_channels)
+    if "eps_scaling" in active:
+      out = baselines.eps_scale(out, g.eps_scaling, model.latent_channels)
+    if "classifier_nag" in active:
+      out = classifier_nag(out, x, t, labels, estimator, schedule, g.classifier_nag_scale, g.classifier_nag_sigma)
+    return out
 
   return denoise
 
 
 def make_segments(model: Branched, labels: jax.Array, g: GuidanceConfig, nu: np.ndarray, pseudo_level: float,
-                  parent: Branched | None = None) -> list[seg.Segment]:
+                  parent: Branched | None = None, *, schedule: baselines.Schedule | None = None,
+                  estimator: Estimator | None = None) -> list[seg.Segment]:
   """One denoiser per run of steps with the same active terms (static per-step noise fraction nu)."""
-  return [(start, stop, make_denoise(model, labels, g, active, pseudo_level, parent))
+  return [(start, stop, make_denoise(model, labels, g, active, pseudo_level, parent, schedule=schedule,
+                                     estimator=estimator))
           for start, stop, active in seg.group_steps(nu, g.active_terms)]

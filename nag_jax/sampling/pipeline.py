@@ -10,8 +10,11 @@ import numpy as np
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.flow.transport import create_transport
 from nag_jax.guidance import Branched, GuidanceConfig, make_segments
+from nag_jax.guidance.baselines import Schedule
+from nag_jax.guidance.classifier_nag import Estimator
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT
+from nag_jax.models.noise_estimator import NoiseEstimator
 from nag_jax.sampling import common
 from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_levels, sample_diffusion
 from nag_jax.sampling.ode_sampler import ODE_SAMPLERS, ode_noise_levels, sample_ode
@@ -80,21 +83,32 @@ def _plan(model_config: ModelConfig, s: SamplerConfig):
   return ode_noise_levels(transport, s.num_steps), run
 
 
+def step_noise_levels(model_config: ModelConfig, sampler: SamplerConfig) -> np.ndarray:
+  """Static noise fraction (1 = noise) of each denoising step of the sampler, as the guidance sees it."""
+  sampler.validate(model_config.family)
+  return _plan(model_config, sampler)[0]
+
+
 def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig, *,
                   decode: Callable[[Any, jax.Array], jax.Array] | None = None,
-                  parent_config: ModelConfig | None = None, return_trajectory: bool = False,
-                  jit: bool = True) -> Callable:
-  """fn(params, key, labels, *, decoder_params=None, parent_params=None, noises=None) -> dict.
+                  parent_config: ModelConfig | None = None, estimator: NoiseEstimator | None = None,
+                  return_trajectory: bool = False, jit: bool = True) -> Callable:
+  """fn(params, key, labels, *, decoder_params=None, parent_params=None, estimator_params=None, noises=None).
 
-  The dict holds "latents" (NHWC), "images" (uint8 NHWC, when `decode(decoder_params, latents)` is
+  Returns a dict with "latents" (NHWC), "images" (uint8 NHWC, when `decode(decoder_params, latents)` is
   given), "trajectory" (when asked) and "nfe". Everything, noise draws to uint8, is one compiled call.
   For dopri5 the guided terms are active over the whole interval (intervals need fixed grids).
+  Classifier-based NAG needs `estimator` (g_phi; its params at call time).
   """
   sampler.validate(model_config.family)
   pseudo = guidance.check_pseudo_level(model_config.family, model_config.pseudo_level)
   nu, run = _plan(model_config, sampler)
-  if "dog" in frozenset().union(*(guidance.active_terms(float(v)) for v in nu)) and parent_config is None:
+  used = frozenset().union(*(guidance.active_terms(float(v)) for v in nu))
+  if "dog" in used and parent_config is None:
     raise ValueError("dog_scale > 1 needs parent_config (the pre-trained model of Domain Guidance)")
+  if "classifier_nag" in used and estimator is None:
+    raise ValueError("classifier_nag_scale > 0 needs estimator (the noise-level estimator g_phi)")
+  schedule = Schedule.create(model_config.family, path_type=sampler.path_type)
   model = DiT(model_config)
   parent = DiT(parent_config) if parent_config is not None else None
   shape = (model_config.input_size, model_config.input_size, model_config.in_channels)
@@ -102,11 +116,13 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
   def apply(module):
     return lambda p, x, t, y: module.apply({"params": p}, x, t, y)
 
-  def sample(params, key, labels, decoder_params=None, parent_params=None, noises=None):
+  def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
     main = Branched(apply(model), params, model_config.null_class, model_config.in_channels)
     par = None if parent is None else Branched(apply(parent), parent_params, parent_config.null_class,
                                                parent_config.in_channels)
-    segs = make_segments(main, labels, guidance, nu, pseudo, par)
+    est = None if estimator is None else Estimator(
+        lambda p, x, y: estimator.apply({"params": p}, x, y), estimator_params)
+    segs = make_segments(main, labels, guidance, nu, pseudo, par, schedule=schedule, estimator=est)
     init_key, step_key = jax.random.split(key)
     x = jax.random.normal(init_key, (labels.shape[0], *shape), jax.numpy.float32)
     out = run(segs, x, step_key, noises, return_trajectory)

@@ -1,8 +1,17 @@
-"""Logical-axis rules: the one place that maps every parameter and activation name onto the mesh."""
+"""Logical-axis rules: the one place that maps parameter, optimizer-state and batch names onto the mesh.
+
+DiT/SiT and g_phi parameters carry logical names (`nag_jax.models.initializers.partitioned`); the SD-VAE
+has none and stays replicated (it only decodes, and its 84M parameters fit every device). Activations
+need no rules: GSPMD propagates the batch split of the inputs, including the k*B guidance branch batch.
+"""
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import flax.linen as nn
 import jax
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 # logical name -> mesh axes. Params: 'embed' is FSDP-sharded, 'mlp'/'heads' tensor-parallel.
@@ -22,9 +31,7 @@ def _fit(spec: P, shape: tuple, mesh: Mesh) -> P:
   out = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = 1
-    for n in names:
-      size *= mesh.shape[n]
+    size = math.prod(mesh.shape[n] for n in names)
     out.append(axes if names and dim % size == 0 else None)
   return P(*out)
 
@@ -32,7 +39,7 @@ def _fit(spec: P, shape: tuple, mesh: Mesh) -> P:
 def logical_shardings(boxed_tree, mesh: Mesh, rules=RULES):
   """NamedShardings for a tree of nn.LogicallyPartitioned (e.g. `jax.eval_shape(model.init, ...)`).
 
-  Leaves without names (optimizer counters, EMA of unnamed leaves) are replicated.
+  Leaves without names (optimizer counters, EMA of unnamed leaves, the VAE) are replicated.
   """
   specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), rules)
   shapes = nn.meta.unbox(boxed_tree)
@@ -40,10 +47,33 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules=RULES):
                       is_leaf=lambda x: isinstance(x, P))
 
 
+def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any, param_shardings: Any) -> Any:
+  """Shardings of `tx.init(params)`: every params-shaped part (Adam moments) follows the params.
+
+  Counters and other non-parameter leaves are replicated. Works for optax transforms whose state holds
+  whole copies of the params tree (adam(w), sgd with momentum, chains and clipping of them).
+  """
+  mesh = jax.tree.leaves(param_shardings)[0].mesh
+  state = jax.eval_shape(tx.init, abstract_params)
+  return optax.tree_map_params(tx, lambda _, sharding: sharding, state, param_shardings,
+                               transform_non_params=lambda _: replicated(mesh))
+
+
+def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying `shardings` (an Orbax restore target, or AOT `lower` arguments)."""
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_tree, shardings)
+
+
+def bytes_per_device(tree: Any) -> int:
+  """Bytes one device holds of a tree of sharded arrays or ShapeDtypeStructs (even shardings)."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-  """Leading (batch) dimension over data x fsdp, the rest replicated."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+  """Leading (batch) dimension over the mesh axes of the 'batch' rule, the rest replicated."""
+  return NamedSharding(mesh, P(dict(RULES)["batch"], *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """The same full copy on every device of the mesh."""
   return NamedSharding(mesh, P())

@@ -48,5 +48,3 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); move the "
                           "folder away to resume from an earlier step") from e
   return restored.state
-
-

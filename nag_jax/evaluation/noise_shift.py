@@ -1,0 +1,140 @@
+"""Noise-shift measurement (paper sec. 3, 5.3, app. B.2, D): g_phi's estimated level per prior level.
+
+Every level here is a noise fraction nu in [0, 1], 1 = pure noise (the paper's t, and the samplers'
+grids): SiT nu = 1 - t; DiT nu = t / (T - 1). g_phi's outputs are mapped the same way (SiT 1 - g;
+DiT g T / (T - 1), g being its t / T regression target). The shift of a state is estimate - prior;
+positive means the state looks noisier than its schedule says (the paper's finding).
+Estimates are arrays (S, N): S prior levels (the sampler's steps 1..n-1) by N samples.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+
+from nag_jax.flow.paths import expand_t_like_x
+from nag_jax.guidance.baselines import Schedule
+from nag_jax.models.noise_estimator import NoiseEstimator
+
+FORWARD = "forward"
+
+
+def estimate_to_level(g: np.ndarray, schedule: Schedule) -> np.ndarray:
+  """g_phi output (SiT t, DiT t / T) -> noise fraction."""
+  if schedule.family == "dit":
+    return g * schedule.num_timesteps / (schedule.num_timesteps - 1)
+  return 1 - g
+
+
+def level_to_time(nu: np.ndarray, schedule: Schedule) -> np.ndarray:
+  """Noise fraction -> model time (DiT: the nearest integer timestep)."""
+  nu = np.asarray(nu, np.float64)
+  if schedule.family == "dit":
+    return np.rint(nu * (schedule.num_timesteps - 1))
+  return 1 - nu
+
+
+def forward_states(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+  """(S, B, ...) states a_t x0 + s_t noise of the model's forward process at each of the S times t.
+
+  Every level reuses the same data and noise, so each sample's states form one forward trajectory.
+  """
+  def one(ti):
+    a, s = schedule.coefficients(jnp.full(x0.shape[:1], ti, jnp.float32))
+    return expand_t_like_x(a, x0) * x0 + expand_t_like_x(s, x0) * noise
+  return jax.vmap(one)(jnp.asarray(t, jnp.float32))
+
+
+def make_level_fn(estimator: NoiseEstimator, schedule: Schedule) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+  """Jitted fn(params, states (S, B, H, W, C), y (B,)) -> (S, B) estimated noise fractions."""
+  def levels(params, states, y):
+    g = jax.lax.map(lambda x: estimator.apply({"params": params}, x, y), states)
+    return estimate_to_level(g, schedule)
+  return jax.jit(levels)
+
+
+def shift_stats(levels: np.ndarray, estimates: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-level mean, std, median of the estimates and the mean shift (mean - prior)."""
+  levels, estimates = np.asarray(levels, np.float64), np.asarray(estimates, np.float64)
+  if estimates.ndim != 2 or estimates.shape[0] != levels.shape[0]:
+    raise ValueError(f"estimates must be (levels, samples) = ({levels.shape[0]}, N), got {estimates.shape}")
+  mean = estimates.mean(axis=1)
+  return {"mean": mean, "std": estimates.std(axis=1), "median": np.median(estimates, axis=1),
+          "shift": mean - levels}
+
+
+def nearest_steps(levels: np.ndarray, t_values: Sequence[float]) -> np.ndarray:
+  """Index of the measured level nearest each requested t; t outside [0, 1] or the levels' span is an error."""
+  levels = np.asarray(levels, np.float64)
+  bad = [t for t in t_values if not (0 <= t <= 1 and levels.min() - 1e-9 <= t <= levels.max() + 1e-9)]
+  if bad:
+    raise ValueError(f"t values {bad} lie outside the measured noise fractions [{levels.min():.4g}, "
+                     f"{levels.max():.4g}] (the sampler's steps after the first; 1 = noise)")
+  return np.array([int(np.argmin(np.abs(levels - t))) for t in t_values])
+
+
+def kde_density(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
+  """Gaussian KDE (scipy, Scott's bandwidth) of 1-D `samples` evaluated on `grid`."""
+  samples = np.asarray(samples, np.float64)
+  if samples.size < 2 or np.ptp(samples) == 0:
+    raise ValueError(f"a kernel density needs at least 2 distinct estimates, got {samples.size} with "
+                     f"range {np.ptp(samples) if samples.size else 0}")
+  return scipy.stats.gaussian_kde(samples)(grid)
+
+
+def analyze(levels: np.ndarray, estimates: dict[str, np.ndarray], t_values: Sequence[float], *,
+            kde_points: int = 200) -> dict:
+  """The JSON-able report: per-step stats of every setting, the chosen t's and their KDE curves.
+
+  `estimates` maps a setting name to its (S, N) estimates; FORWARD (real data through the forward
+  process) is required and is the reference of `shift_vs_forward` (the paper's Figure 4(b)).
+  """
+  if FORWARD not in estimates:
+    raise ValueError(f"estimates need the {FORWARD!r} reference, got {sorted(estimates)}")
+  levels = np.asarray(levels, np.float64)
+  stats = {name: shift_stats(levels, est) for name, est in estimates.items()}
+  for s in stats.values():
+    s["shift_vs_forward"] = s["mean"] - stats[FORWARD]["mean"]
+  steps = nearest_steps(levels, t_values)
+  every = np.concatenate([np.asarray(e)[steps].ravel() for e in estimates.values()])
+  pad = 0.1 * max(np.ptp(every), 1e-3)
+  grid = np.linspace(every.min() - pad, every.max() + pad, kde_points)
+  selected = []
+  for t, k in zip(t_values, steps):
+    row = {"t": float(t), "level": float(levels[k]), "index": int(k)}
+    for name, s in stats.items():
+      row[name] = {key: float(s[key][k]) for key in ("mean", "std", "median", "shift", "shift_vs_forward")}
+      row[name]["density"] = kde_density(np.asarray(estimates[name])[k], grid).tolist()
+    selected.append(row)
+  per_step = {name: {key: v.tolist() for key, v in s.items()} for name, s in stats.items()}
+  mean_shift = {name: float(np.mean(s["shift"])) for name, s in stats.items()}
+  return {"levels": levels.tolist(), "settings": list(estimates), "num_samples": int(np.shape(estimates[FORWARD])[1]),
+          "per_step": per_step, "mean_shift": mean_shift, "kde_grid": grid.tolist(), "selected": selected}
+
+
+def csv_rows(report: dict) -> list[dict]:
+  """One row per (setting, level): prior, mean, std, median, shift and shift vs the forward estimate."""
+  rows = []
+  for name in report["settings"]:
+    s = report["per_step"][name]
+    for k, level in enumerate(report["levels"]):
+      rows.append({"setting": name, "step": k + 1, "prior": level,
+                   **{key: s[key][k] for key in ("mean", "std", "median", "shift", "shift_vs_forward")}})
+  return rows
+
+
+def table_text(report: dict) -> str:
+  """A short fixed-width table: estimate mean +- std (shift) per chosen t and setting, then mean shifts."""
+  names = report["settings"]
+  head = f"{'t':>6} | " + " | ".join(f"{n:>22}" for n in names)
+  lines = [f"estimated noise fraction (1 = noise), mean +- std (shift vs prior); {report['num_samples']} samples",
+           head, "-" * len(head)]
+  for row in report["selected"]:
+    cells = [f"{row[n]['mean']:.3f} +- {row[n]['std']:.3f} ({row[n]['shift']:+.3f})" for n in names]
+    lines.append(f"{row['level']:>6.3f} | " + " | ".join(f"{c:>22}" for c in cells))
+  lines.append("mean shift over all measured steps: "
+               + ", ".join(f"{n} {report['mean_shift'][n]:+.4f}" for n in names))
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,40 @@
+"""The sharded sampler: one `jax.jit` with explicit shardings around `build_sampler(..., jit=False)`."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from nag_jax.sharding.rules import RULES, batch_sharding, replicated
+
+
+def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
+                  parent_shardings: Any = None) -> Callable:
+  """fn(params, key, labels, decoder_params=None, parent_params=None, noises=None) -> dict, compiled once.
+
+  Params (and the Domain-Guidance parent) follow the logical rules, labels and every NHWC output
+  (latents, images, trajectory) are split over the batch axes, the VAE and injected noises are
+  replicated. The k*B guidance branch batch inherits the split of the labels and the initial noise.
+  """
+  rep = replicated(mesh)
+  batch_axes = dict(RULES)["batch"]
+
+  def placed(x: jax.Array) -> NamedSharding:
+    if np.ndim(x) < 4:
+      return rep
+    return NamedSharding(mesh, P(*([None] * (np.ndim(x) - 4)), batch_axes))
+
+  def positional(params, key, labels, decoder_params, parent_params, noises):
+    out = sample_fn(params, key, labels, decoder_params=decoder_params, parent_params=parent_params,
+                    noises=noises)
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, placed(x)), out)
+
+  compiled = jax.jit(positional, in_shardings=(param_shardings, rep, batch_sharding(mesh), rep,
+                                               rep if parent_shardings is None else parent_shardings, rep))
+
+  def sample(params, key, labels, decoder_params=None, parent_params=None, noises=None):
+    return compiled(params, key, labels, decoder_params, parent_params, noises)
+
+  return sample

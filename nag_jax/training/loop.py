@@ -1,0 +1,99 @@
+"""The training loop: validate, build the sharded state or resume it, train, log, sample, checkpoint.
+
+It does not import clu (which imports TensorFlow): `train.train_and_evaluate` passes a clu metric writer
+and progress hook in; `train(config, workdir)` alone runs with neither (quick CPU runs, the kill test).
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from nag_jax.checkpoints import model_dir
+from nag_jax.sharding import make_mesh
+from nag_jax.training import checkpointing, config_validation, init_state, input_pipeline, samples
+from nag_jax.training.objectives import create_objective
+from nag_jax.training.train_state import TrainState
+from nag_jax.training.train_step import jit_train_step
+
+EXPORT_DIR = "model"
+
+
+def check_finite(pending: list[tuple[int, dict]]) -> None:
+  """Raises FloatingPointError naming the first step whose loss, gradient or params are NaN or infinite."""
+  for step, m in pending:
+    bad = {k: float(m[k]) for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(m[k])}
+    if bad:
+      raise FloatingPointError(f"non-finite {bad} at step {step}; training stopped (checkpoints are only "
+                               "written after a check, so the last one is intact)")
+
+
+def flush_metrics(writer: Any, pending: list[tuple[int, dict]]) -> None:
+  """Checks the metrics of the steps since the last flush, then writes their mean at the last step."""
+  if not pending:
+    return
+  pending = [(s, jax.device_get(m)) for s, m in pending]
+  check_finite(pending)
+  if writer is not None:
+    mean = {f"train/{k}": float(np.mean([m[k] for _, m in pending])) for k in pending[-1][1]}
+    writer.write_scalars(pending[-1][0], mean)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, writer: Any = None,
+          progress: Callable[[int], Any] | None = None) -> TrainState:
+  """Trains per `config` in `workdir` (checkpoints/, model/ export) and returns the final state.
+
+  Resumes from the latest complete checkpoint in `workdir/checkpoints` (state and data order), so a run
+  killed at any moment continues exactly. `writer` is a clu `MetricWriter` (scalars, sample grids);
+  `progress(step)` is called after every step.
+  """
+  config_validation.validate(config)
+  workdir = pathlib.Path(workdir)
+  mesh = make_mesh(config.mesh.to_dict())
+  source = input_pipeline.create_source(config.data)
+  model_config = config_validation.model_config_of(config, source.num_classes)
+  input_pipeline.check_source(source, model_config)
+  data_iter = input_pipeline.create_iterator(config, source)
+  initialize, abstract_state, schedule = init_state.state_initializer(config, model_config, mesh)
+  ck = config.checkpoint
+  manager = checkpointing.create_manager(workdir / "checkpoints", every_steps=ck.every_steps, keep=ck.keep,
+                                         async_save=ck.async_save)
+  state = checkpointing.restore_latest(manager, abstract_state, data_iter)
+  state = initialize() if state is None else state
+  start = int(state.step)
+  logging.info("%s %s: step %d of %d; %s", config.mode, model_config, start, config.num_train_steps, source)
+
+  objective = create_objective(model_config, config.objective, noise_level=config.mode == "noise_estimator")
+  step_fn = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract_state), mesh, objective=objective,
+                           accumulation_steps=config.optimizer.accumulation_steps, learning_rate_fn=schedule)
+  sample_fn = None
+  if config.sample.every_steps and writer is not None:
+    sample_fn = samples.make_sample_grid_fn(model_config, config.sample, config.objective.pseudo_level)
+  pending: list[tuple[int, dict]] = []
+  try:
+    for step in range(start + 1, config.num_train_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, input_pipeline.global_batch(next(data_iter), mesh))
+      pending.append((step, metrics))
+      if progress is not None:
+        progress(step)
+      last = step == config.num_train_steps
+      save = step % ck.every_steps == 0 or last or manager.reached_preemption(step)
+      if save or step % config.log_every_steps == 0:
+        flush_metrics(writer, pending)  # raises on a non-finite loss before anything is saved
+        pending = []
+      if save:
+        checkpointing.save(manager, step, state, data_iter, force=True)
+      if sample_fn is not None and (step % config.sample.every_steps == 0 or last):
+        grid = sample_fn(state.eval_params, jax.random.key(config.seed))
+        writer.write_images(step, {"samples/top_plain_bottom_nag": grid[None]})
+  finally:
+    manager.wait_until_finished()  # an in-flight save of a checked state completes even on an error
+  if config.mode != "noise_estimator" and jax.process_count() == 1:
+    model_dir.save(workdir / EXPORT_DIR, state.eval_params, model_config, overwrite=True,
+                   source=f"{workdir} step {int(state.step)} ({'EMA' if state.ema_params is not None else 'params'})")
+  return state
