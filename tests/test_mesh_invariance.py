@@ -74,7 +74,7 @@ def test_fsdp_shards_the_dit_b2_train_state(results):
 def _train_config():
   from nag_jax.training import get_base_config  # pylint: disable=import-outside-toplevel
   c = get_base_config()
-  c.model.update(dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4,
+  c.model.update(dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=4,
                       num_classes=10))
   c.global_batch_size, c.num_train_steps, c.ema_decay = BATCH, 10, 0.5
   c.optimizer.learning_rate = 1e-3

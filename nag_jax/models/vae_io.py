@@ -36,15 +36,12 @@ def encode(module: AutoencoderKL, params: dict, images: jax.Array, key: jax.Arra
   uint8 images are mapped to [-1, 1] by x / 127.5 - 1 (ToTensor + Normalize(0.5, 0.5)); float images
   must already be in [-1, 1]. `mode=True` takes the posterior mean instead of a sample (no key needed).
   """
+  if key is None and not mode:
+    raise ValueError("encode needs a key to sample the posterior (or mode=True)")
   if jnp.issubdtype(images.dtype, jnp.integer):
     images = images.astype(jnp.float32) / 127.5 - 1.0
   posterior = module.apply({"params": params}, images, method=AutoencoderKL.encode)
-  if mode:
-    z = posterior.mode()
-  elif key is None:
-    raise ValueError("encode needs a key to sample the posterior (or mode=True)")
-  else:
-    z = posterior.sample(key)
+  z = posterior.mode() if mode else posterior.sample(key)
   return (z - _shift(module)) * module.config.scaling_factor
 
 

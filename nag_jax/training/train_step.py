@@ -49,8 +49,8 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective, accumul
     (grads, metrics), _ = jax.lax.scan(accumulate, zeros, micro)
     grads, metrics = jax.tree.map(lambda a: a / accumulation_steps, (grads, metrics))
   new_state = state.apply_gradients(grads)
-  metrics["grad_norm"] = optax.global_norm(grads)
-  metrics["param_norm"] = optax.global_norm(new_state.params)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["param_norm"] = optax.tree.norm(new_state.params)
   metrics["noise_drop_rate"] = jnp.mean(draws.drop_t.astype(jnp.float32))
   metrics["label_drop_rate"] = jnp.mean(draws.drop_y.astype(jnp.float32))
   if learning_rate_fn is not None:

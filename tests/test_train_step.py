@@ -1,0 +1,186 @@
+"""The train step: condition dropout as the network sees it, losses, accumulation, EMA, AdamW, bf16."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nag_jax import diffusion, flow
+from nag_jax.models import DiT, ModelConfig, init_params
+from nag_jax.training import TrainState, create_objective, create_optimizer, get_base_config, train_step
+from nag_jax.training.objectives import Draws
+
+jax.config.update("jax_threefry_partitionable", True)
+TINY = ModelConfig(family="dit", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=1, num_heads=2,
+                   num_classes=10)
+
+
+def objective_config(**kw):
+  oc = get_base_config().objective
+  oc.update(kw)
+  return oc
+
+
+def make_state(apply_fn, params, ema_decay=0.9999, **opt):
+  oc = get_base_config().optimizer
+  oc.update(opt)
+  tx, _ = create_optimizer(oc, 100)
+  return TrainState.create(apply_fn=apply_fn, params=params, tx=tx, rng=jax.random.key(1), ema_decay=ema_decay)
+
+
+def batch_of(n, config=TINY, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (n, config.input_size, config.input_size, config.in_channels)
+  return {"x": rng.uniform(-1, 1, shape).astype(np.float32), "y": rng.integers(0, 10, n).astype(np.int32)}
+
+
+def test_network_sees_pseudo_level_at_the_configured_rate_with_x_t_at_the_true_t():
+  """A spy network records (x, t, y) inside the jitted step; rates within 4 binomial sigmas."""
+  seen = {}
+
+  def spy(variables, x, t, y):
+    jax.debug.callback(lambda *a: seen.update(zip("xty", map(np.asarray, a))), x, t, y)
+    return jnp.concatenate([x, x], -1) * variables["params"]["w"]
+
+  n, p_t, p_y = 4000, 0.2, 0.1
+  obj = create_objective(TINY, objective_config(noise_dropout=p_t, label_dropout=p_y))
+  state = make_state(spy, {"w": jnp.ones(())})
+  batch = batch_of(n, TINY.replace(input_size=2))
+  new_state, metrics = jax.jit(functools.partial(train_step, objective=obj))(state, batch)
+  jax.block_until_ready(new_state)
+  d = obj.draw(jax.random.fold_in(state.key, 0), jnp.asarray(batch["x"]), jnp.asarray(batch["y"]))
+  dropped_t, dropped_y = seen["t"] == 1001.0, seen["y"] == TINY.null_class
+  for rate, p in ((dropped_t.mean(), p_t), (dropped_y.mean(), p_y), ((dropped_t & dropped_y).mean(), p_t * p_y)):
+    assert abs(rate - p) < 4 * np.sqrt(p * (1 - p) / n)
+  assert np.isclose(float(metrics["noise_drop_rate"]), dropped_t.mean(), rtol=1e-6)
+  np.testing.assert_array_equal(seen["t"][~dropped_t], np.asarray(d.t, np.float32)[~dropped_t])
+  np.testing.assert_array_equal(seen["y"][~dropped_y], batch["y"][~dropped_y])
+  x_t = diffusion.q_sample(obj.diffusion, jnp.asarray(batch["x"]), d.t, d.noise)  # the TRUE t, dropped or not
+  np.testing.assert_allclose(seen["x"], np.asarray(x_t), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+def test_objective_without_dropout_equals_the_library_losses(family):
+  config = TINY.replace(family=family)
+  params = init_params(config, jax.random.key(0))
+  params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), params)  # non-zero head
+  model = DiT(config)
+  obj = create_objective(config, objective_config(noise_dropout=0.0, label_dropout=0.0))
+  b = batch_of(6, config)
+  x0, y = jnp.asarray(b["x"]), jnp.asarray(b["y"])
+  d = obj.draw(jax.random.key(3), x0, y)
+  ours = obj.losses(lambda p, *a: model.apply({"params": p}, *a), params, x0, d)
+  model_fn = lambda x, t: model.apply({"params": params}, x, t, y)
+  if family == "dit":
+    ref = diffusion.training_losses(obj.diffusion, model_fn, x0, d.t, d.noise)
+    assert float(jnp.abs(ref["vb"]).max()) > 0
+  else:
+    ref = flow.training_losses(obj.transport.path, model_fn, x0, d.t, d.noise)
+    assert 0 <= float(d.t.min()) and float(d.t.max()) < 1
+  np.testing.assert_array_equal(np.asarray(ours["loss"]), np.asarray(ref["loss"]))
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+def test_input_perturbation_perturbs_the_input_but_not_the_target(family):
+  config = TINY.replace(family=family, input_size=16)
+  gamma = 0.1
+  obj = create_objective(config, objective_config(input_perturbation=gamma, noise_dropout=0.0))
+  b = batch_of(64, config)
+  x0 = jnp.asarray(b["x"])
+  d = obj.draw(jax.random.key(4), x0, jnp.asarray(b["y"]))
+  xi = np.asarray((d.input_noise - d.noise) / gamma)
+  assert abs(xi.std() - 1) < 0.02 and abs(np.corrcoef(xi.ravel(), np.asarray(d.noise).ravel())[0, 1]) < 0.02
+  seen = {}
+
+  def zero_model(params, x, t, y):
+    del params, t, y
+    seen["x"] = x
+    return jnp.zeros(x.shape[:-1] + (config.output_channels,))
+
+  out = obj.losses(zero_model, None, x0, d)
+  if family == "dit":
+    want_x = diffusion.q_sample(obj.diffusion, x0, d.t, d.input_noise)
+    want_loss = jnp.mean(jnp.square(d.noise), axis=(1, 2, 3))
+    got = out["mse"]
+  else:
+    want_x, _ = obj.transport.path.plan(d.t, d.input_noise, x0)
+    _, u_t = obj.transport.path.plan(d.t, d.noise, x0)  # target from the unperturbed noise
+    want_loss = jnp.mean(jnp.square(u_t), axis=(1, 2, 3))
+    got = out["loss"]
+  np.testing.assert_array_equal(np.asarray(seen["x"]), np.asarray(want_x))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want_loss), rtol=1e-6)
+
+
+def test_accumulation_matches_one_big_batch_and_ema_follows_params():
+  model = DiT(TINY)
+  params = init_params(TINY, jax.random.key(0))
+  obj = create_objective(TINY, objective_config(noise_dropout=0.1))
+  state = make_state(model.apply, params, ema_decay=0.9)
+  b = batch_of(8)
+  one, m1 = jax.jit(functools.partial(train_step, objective=obj))(state, b)
+  two, m2 = jax.jit(functools.partial(train_step, objective=obj, accumulation_steps=4))(state, b)
+  for a, c in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=0, atol=1e-6)
+  for k in ("loss", "grad_norm"):
+    np.testing.assert_allclose(float(m1[k]), float(m2[k]), rtol=1e-5)
+  assert int(one.step) == 1 and any(not np.array_equal(a, c) for a, c in
+                                    zip(jax.tree.leaves(one.params), jax.tree.leaves(params)))
+  for e, p0, p1 in zip(*map(jax.tree.leaves, (one.ema_params, params, one.params))):
+    np.testing.assert_allclose(np.asarray(e), 0.9 * np.asarray(p0) + 0.1 * np.asarray(p1), rtol=1e-6, atol=1e-7)
+  assert make_state(model.apply, params, ema_decay=0.0).ema_params is None
+
+
+def test_adamw_official_defaults_match_torch():
+  torch = pytest.importorskip("torch")
+  oc = get_base_config().optimizer
+  assert (oc.learning_rate, oc.weight_decay, oc.b1, oc.b2) == (1e-4, 0.0, 0.9, 0.999)
+  oc.weight_decay = 0.1  # also exercise the decoupled decay (1e-5 per step, well above float32 rounding)
+  tx, _ = create_optimizer(oc, 10)
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(5, 3)).astype(np.float32)
+  grads = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3)]
+  w, opt = jnp.asarray(w0), tx.init(jnp.asarray(w0))
+  tw = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+  topt = torch.optim.AdamW([tw], lr=1e-4, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8)
+  for g in grads:
+    upd, opt = tx.update(jnp.asarray(g), opt, w)
+    w = optax.apply_updates(w, upd)
+    tw.grad = torch.from_numpy(g)
+    topt.step()
+  np.testing.assert_allclose(np.asarray(w), tw.detach().numpy(), rtol=0, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_loss():
+  params = init_params(TINY, jax.random.key(0))
+  params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), params)
+  obj = create_objective(TINY, objective_config())
+  b = batch_of(16)
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    state = make_state(DiT(TINY.replace(dtype=dtype)).apply, params)
+    new, out[dtype] = jax.jit(functools.partial(train_step, objective=obj))(state, b)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(new.params))
+  assert abs(float(out["bfloat16"]["loss"]) - float(out["float32"]["loss"])) < 0.03 * float(out["float32"]["loss"])
+
+
+@pytest.mark.parametrize("family", ["dit", "sit"])
+def test_noise_level_objective_regresses_t_in_unit_interval(family):
+  """A zero-initialised head predicts 0, so the first loss is exactly the mean squared target."""
+  from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs  # pylint: disable=import-outside-toplevel
+  config = TINY.replace(family=family)
+  model = NoiseEstimator(config)
+  params = nn.meta.unbox(model.init(jax.random.key(0), *estimator_inputs(model))["params"])
+  obj = create_objective(config, objective_config(noise_dropout=0.3), noise_level=True)
+  assert obj.noise_dropout == 0.0
+  state = make_state(model.apply, params, ema_decay=0.0)
+  b = batch_of(256)
+  _, metrics = jax.jit(functools.partial(train_step, objective=obj))(state, b)
+  d: Draws = obj.draw(jax.random.fold_in(state.key, 0), jnp.asarray(b["x"]), jnp.asarray(b["y"]))
+  target = np.asarray(d.t, np.float64) / (1000 if family == "dit" else 1)
+  assert 0 <= target.min() and target.max() < 1
+  np.testing.assert_allclose(float(metrics["loss"]), np.mean(target ** 2), rtol=1e-5)
+  assert abs(np.mean(target ** 2) - 1 / 3) < 0.06
+
