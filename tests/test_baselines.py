@@ -20,7 +20,7 @@ def params():
   """Random weights everywhere (the official init zeroes the output layers, which hides every term)."""
   rng = np.random.default_rng(0)
   return jax.tree.map(lambda l: jnp.asarray(0.3 * rng.standard_normal(l.shape), jnp.float32),
-                      init_params(CFG, jax.random.key(0)))
+                      jax.eval_shape(lambda: init_params(CFG, jax.random.key(0))))
 
 
 def scaled_states(stds, shape=(8, 8, 4)):

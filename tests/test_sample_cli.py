@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -81,3 +82,23 @@ def test_command_line_errors_are_one_sentence(tiny_dirs, tmp_path):
 def _repo():
   import pathlib  # pylint: disable=import-outside-toplevel
   return pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_vae_decoding_inside_the_sampler_writes_images(tiny_dirs, tmp_path):
+  from nag_jax.checkpoints.vae_convert import save_vae  # pylint: disable=import-outside-toplevel
+  from nag_jax.models.vae import AutoencoderKL, VAEConfig, dummy_images  # pylint: disable=import-outside-toplevel
+  from nag_jax.models.vae_io import decode_to_uint8  # pylint: disable=import-outside-toplevel
+  vae_cfg = VAEConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+                      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+  vae = AutoencoderKL(vae_cfg)
+  vae_params = jax.jit(vae.init)(jax.random.key(0), dummy_images(vae_cfg))["params"]
+  save_vae(tmp_path / "vae", vae_params, vae_cfg)
+  c = config(tiny_dirs, tmp_path, "dit", preset="nag")
+  c.vae = str(tmp_path / "vae")
+  out = sample.run(c)
+  images = np.load(out / "samples.npz")["arr_0"]
+  assert images.dtype == np.uint8 and images.shape == (6, 16, 16, 3)
+  c.vae, c.out_dir = "", str(tmp_path / "latents")
+  latents = np.load(sample.run(c) / "latents.npz")["latents"]  # same seed: the same latents
+  want = np.asarray(jax.jit(lambda z: decode_to_uint8(vae, vae_params, z))(latents))
+  assert np.abs(want.astype(int) - images.astype(int)).max() <= 1
