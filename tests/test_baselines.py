@@ -71,19 +71,16 @@ def test_time_shift_sit_matches_brute_force_search_with_data_variance():
 
 
 def test_time_shift_feeds_the_shifted_time_to_every_t_branch(params):
-  seen = []
-
-  def fake(p, x, t, y):
-    seen.append(t)
+  def fake(p, x, t, y):  # outputs its time input, so the guided output shows every branch's t
     return jnp.broadcast_to(t[:, None, None, None], x.shape[:3] + (8,))
 
   g = GuidanceConfig(cfg_scale=2.0, nag_scale=1.0, time_shift_window=0.01)
   x, t = scaled_states([0.9, 0.95]), jnp.asarray([400.0, 700.0])
-  out = make_denoise(Branched(fake, params, 5, 4), jnp.asarray([0, 1]), g, g.active_terms(0.5), 1001.0,
-                     schedule=Schedule.create("dit"))(x, t)
+  out = jax.jit(make_denoise(Branched(fake, params, 5, 4), jnp.asarray([0, 1]), g, g.active_terms(0.5), 1001.0,
+                             schedule=Schedule.create("dit")))(x, t)
   shifted = np.asarray(time_shift(x, t, 0.01, Schedule.create("dit")))
-  np.testing.assert_array_equal(np.asarray(seen[0]), np.concatenate([shifted, shifted, [1001.0, 1001.0]]))
-  # cond + (s-1)(cond - uncond) + w (cond - pseudo) with cond = uncond = t'
+  assert (shifted != np.asarray(t)).all()
+  # cond + (s - 1)(cond - uncond) + w (cond - pseudo): cond and uncond saw t', the NAG branch 1001
   np.testing.assert_allclose(np.asarray(out)[:, 0, 0, 0], shifted + 1.0 * (shifted - 1001.0), rtol=1e-6)
 
 
@@ -108,10 +105,10 @@ def test_input_perturbation_is_a_training_switch():
   oc.input_perturbation = 0.1
   objective = create_objective(CFG, oc)
   x0 = jnp.zeros((64, 8, 8, 4))
-  d = objective.draw(jax.random.key(0), x0, jnp.zeros(64, jnp.int32))
+  d = jax.jit(objective.draw)(jax.random.key(0), x0, jnp.zeros(64, jnp.int32))
   xi = np.asarray(d.input_noise - d.noise) / 0.1
   assert abs(xi.std() - 1) < 0.02 and abs(np.corrcoef(xi.ravel(), np.asarray(d.noise).ravel())[0, 1]) < 0.02
-  x_t, _ = objective.noisy_input(x0, d)  # built from the perturbed noise; the target stays d.noise
+  x_t, _ = jax.jit(objective.noisy_input)(x0, d)  # built from the perturbed noise; the target stays d.noise
   np.testing.assert_allclose(np.asarray(x_t), np.sqrt(1 - ABAR[np.asarray(d.t)])[:, None, None, None]
                              * np.asarray(d.input_noise), atol=1e-5)
 

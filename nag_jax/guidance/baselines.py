@@ -62,9 +62,11 @@ class Schedule:
 
   def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(a_t, s_t), elementwise in t (DiT t is rounded to the nearest integer timestep)."""
-    if self.family == "dit":
-      abar = jnp.asarray(self.alphas_cumprod.astype(np.float32))[jnp.rint(t).astype(jnp.int32)]
-      return jnp.sqrt(abar), jnp.sqrt(1 - abar)
+    if self.family == "dit":  # float64 square roots cast to float32, as `q_sample` gathers them
+      index = jnp.rint(t).astype(jnp.int32)
+      abar = self.alphas_cumprod
+      return (jnp.asarray(np.sqrt(abar).astype(np.float32))[index],
+              jnp.asarray(np.sqrt(1 - abar).astype(np.float32))[index])
     return self.path.alpha(t)[0], self.path.sigma(t)[0]
 
   def noise_fraction(self, t: jax.Array) -> jax.Array:

@@ -1,0 +1,158 @@
+"""The training loop end to end on CPU: the loss falls, kill -9 resumes bit-exactly, NaN and corrupt checkpoints."""
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from nag_jax import checkpoints
+from nag_jax.checkpoints import CheckpointError
+from nag_jax.models import DiT
+from nag_jax.training import create_objective, get_base_config, loop
+from nag_jax.training.config_validation import model_config_of
+from nag_jax.training.input_pipeline import create_source
+
+jax.config.update("jax_threefry_partitionable", True)
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Both runs of the kill test use the same (cheaper to compile) XLA flags, so their results are comparable.
+FAST_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
+DRIVER = """
+import sys, jax
+jax.config.update("jax_threefry_partitionable", True)
+from tests.test_training_loop import tiny_config
+from nag_jax.training import loop
+loop.train(tiny_config(steps=int(sys.argv[2])), sys.argv[1])
+"""
+
+
+def tiny_config(steps=10, every=1, **kw):
+  """A 1-block DiT on the 8x8 digits: a few ms per step on CPU."""
+  c = get_base_config()
+  c.model.update(dict(family="dit", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=1,
+                      num_heads=2, num_classes=10))
+  c.data.update(dict(kind="digits", image_size=8, flip=False))
+  c.num_train_steps, c.global_batch_size, c.ema_decay = steps, 16, 0.9
+  c.optimizer.learning_rate = 2e-3
+  c.checkpoint.update(dict(every_steps=every, keep=3))
+  c.log_every_steps = every
+  for k, v in kw.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def fixed_loss(config, params):
+  """Mean loss of `params` on the first 256 digits with fixed draws (same t, noise, dropout for both)."""
+  mc = model_config_of(config)
+  obj = create_objective(mc, config.objective)
+  source = create_source(config.data)
+  x, y = source.x[:256], source.y[:256]
+  d = obj.draw(jax.random.key(123), jnp.asarray(x), jnp.asarray(y))
+  model = DiT(mc)
+  return float(jax.jit(lambda p: jnp.mean(obj.losses(lambda q, *a: model.apply({"params": q}, *a), p, x, d)["loss"]))(params))
+
+
+def test_tiny_model_trains_on_digits_and_its_loss_falls(tmp_path):
+  config = tiny_config(steps=80, every=40, **{"ema_decay": 0.0})
+  state = loop.train(config, tmp_path)
+  # adaLN-Zero: the initial final layer is zero, so the initial loss is that of any params whose final
+  # layer is zeroed (the output is exactly 0 whatever the other weights).
+  init_like = {**state.params, "final_layer": jax.tree.map(jnp.zeros_like, state.params["final_layer"])}
+  before, after = fixed_loss(config, init_like), fixed_loss(config, state.params)
+  assert after < 0.6 * before, (before, after)
+  assert int(state.step) == 80 and sorted(os.listdir(tmp_path / "checkpoints")) == ["40", "80"]
+  _, exported, _ = checkpoints.load(tmp_path / loop.EXPORT_DIR)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(state.params)))
+
+
+def _finalized(ckpt_dir):
+  return sorted(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()) if ckpt_dir.exists() else []
+
+
+def _half_written(ckpt_dir):
+  return [p.name for p in ckpt_dir.glob("*") if "tmp" in p.name] if ckpt_dir.exists() else []
+
+
+def _start(workdir, steps, cache_dir=None):
+  """A training subprocess; restarts of the killed run share a compilation cache (they start faster)."""
+  cache = {"JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  return subprocess.Popen([sys.executable, "-c", DRIVER, str(workdir), str(steps)], cwd=REPO,
+                          env={**os.environ, **FAST_COMPILE, **(cache if cache_dir else {})},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for(proc, condition, timeout=60):
+  end = time.time() + timeout
+  while not condition():
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    if time.time() > end:
+      raise AssertionError("timed out")
+    time.sleep(0.002)
+
+
+def _tree(path):
+  """Every saved leaf of a training checkpoint (state and data iterator) by its path."""
+  state = ocp.StandardCheckpointer().restore(path / "state")
+  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(state)[0]}
+  return flat, (path / "data" / "process_0-of-1.json").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_and_mid_save_resumes_bit_exactly(tmp_path):
+  steps, rng = 10, random.Random(0)
+  reference = _start(tmp_path / "reference", steps)
+  run, ckpt = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+  killed_mid_save = []
+  for how in ("random", "mid_save", "random"):
+    last = (_finalized(ckpt) or [0])[-1]
+    proc = _start(run, steps, tmp_path / "cache")
+    _wait_for(proc, lambda: (_finalized(ckpt) or [0])[-1] > last)  # progress since the last kill
+    if how == "mid_save":
+      _wait_for(proc, lambda: _half_written(ckpt))
+    else:
+      time.sleep(rng.uniform(0, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if how == "mid_save":
+      killed_mid_save = _half_written(ckpt)
+      assert killed_mid_save and all(n.split(".")[0] not in map(str, _finalized(ckpt)) for n in killed_mid_save)
+  assert _finalized(ckpt)[-1] < steps, "the kills came too late to interrupt the run"
+  final = _start(run, steps, tmp_path / "cache")
+  for proc in (final, reference):
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+  assert not _half_written(ckpt)  # leftovers of the killed save were cleaned up
+  (resumed, resumed_data), (straight, straight_data) = _tree(ckpt / str(steps)), _tree(
+      tmp_path / "reference" / "checkpoints" / str(steps))
+  assert sorted(resumed) == sorted(straight) and any("ema_params" in k for k in resumed)
+  for k in straight:
+    assert resumed[k].dtype == straight[k].dtype and np.array_equal(resumed[k], straight[k]), k
+  assert resumed_data == straight_data
+
+
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint_then_corrupt_checkpoint_errors(tmp_path):
+  # Warm-up makes step 1 a no-op (lr 0) and step 2 explode (lr 1e24).
+  config = tiny_config(steps=5, **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 1_000_000})
+  with pytest.raises(FloatingPointError, match="at step 2"):
+    loop.train(config, tmp_path)
+  ckpt = tmp_path / "checkpoints"
+  assert _finalized(ckpt) == [1]
+  good, _ = _tree(ckpt / "1")
+  assert all(np.isfinite(v).all() for v in good.values())
+
+  for f in (ckpt / "1" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"not a checkpoint")
+  with pytest.raises(CheckpointError, match=r"cannot restore training checkpoint step 1 from .*checkpoints/1"):
+    loop.train(config, tmp_path)
