@@ -14,7 +14,7 @@ from clu import platform
 from ml_collections import config_flags
 
 from nag_jax.checkpoints import CheckpointError
-from nag_jax.training import train
+from nag_jax.training import config_validation, train
 from nag_jax.training.config_validation import ConfigError
 
 FLAGS = flags.FLAGS
@@ -22,6 +22,27 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and the exported model.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing; an override of a key the config lacks gives one `error:` line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # what config_flags raises for a missing key
+    names = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+    unknown = [n for n in names if not config_validation.has_key(n)] or names
+    print(f"error: unknown config keys {unknown} ({e}); see nag_jax/training/base_config.py", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(config, workdir: str) -> int:
+  """Trains; returns 0, or prints one `error: ...` line and returns 2 (bad config or checkpoint, NaN loss)."""
+  try:
+    train.train_and_evaluate(config, workdir)
+  except (ConfigError, CheckpointError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
 
 
 def main(argv):
@@ -34,13 +55,9 @@ def main(argv):
   platform.work_unit().set_task_status(f"process_index: {jax.process_index()}, "
                                        f"process_count: {jax.process_count()}")
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, CheckpointError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  sys.exit(run(FLAGS.config, FLAGS.workdir))
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -94,7 +94,8 @@ def test_each_baseline_changes_the_sampler_and_is_exactly_plain_at_zero(params, 
   jaxpr = lambda g: str(jax.make_jaxpr(lambda p: build_sampler(config, sampler, g, jit=False)(p, key, y)["latents"])(
       params))
   assert jaxpr(configs["zero"]) == jaxpr(configs["plain"])  # the very same program
-  out = {k: np.asarray(build_sampler(config, sampler, configs[k])(params, key, y)["latents"]) for k in ("plain", "es", "ts")}
+  out = {k: np.asarray(build_sampler(config, sampler, configs[k])(params, key, y)["latents"])
+         for k in ("plain", "es", "ts")}
   for k in ("es", "ts"):
     assert np.isfinite(out[k]).all() and np.abs(out[k] - out["plain"]).max() > 1e-3, k
 

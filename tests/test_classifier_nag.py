@@ -50,9 +50,8 @@ def test_log_likelihood_gradient_matches_closed_form():
 def test_gradient_of_a_real_estimator_matches_finite_differences():
   cfg = CFG.replace(family="sit", in_channels=2)
   module = NoiseEstimator(cfg)
-  est = Estimator(lambda p, x, y: module.apply({"params": p}, x, y),
-                  random_like(jax.eval_shape(lambda: module.init(jax.random.key(0), *estimator_inputs(module)))["params"],
-                              scale=0.1))
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *estimator_inputs(module)))["params"]
+  est = Estimator(lambda p, x, y: module.apply({"params": p}, x, y), random_like(shapes, scale=0.1))
   x = jnp.asarray(RNG.standard_normal((2, 8, 8, 2)), jnp.float32)
   y, target, sigma = jnp.asarray([1, 3]), jnp.asarray([0.3, 0.7]), 0.5
   grad = np.asarray(jax.jit(lambda x: log_likelihood_grad(est, x, y, target, sigma))(x))
@@ -117,7 +116,8 @@ def test_classifier_nag_changes_the_sampler_and_is_exactly_plain_at_zero(params,
                                                                  *estimator_inputs(estimator)))["params"])
   sampler = SamplerConfig(method=method, num_steps=4)
   key, y = jax.random.key(3), jnp.asarray([1, 2])
-  on, zero = GuidanceConfig(classifier_nag_scale=1.0), GuidanceConfig(classifier_nag_scale=0.0, classifier_nag_sigma=0.3)
+  on = GuidanceConfig(classifier_nag_scale=1.0)
+  zero = GuidanceConfig(classifier_nag_scale=0.0, classifier_nag_sigma=0.3)
   jaxpr = lambda g: str(jax.make_jaxpr(lambda p: build_sampler(config, sampler, g, estimator=estimator, jit=False)(
       p, key, y, estimator_params=est_params)["latents"])(params))
   assert jaxpr(zero) == jaxpr(GuidanceConfig())  # the very same program

@@ -16,8 +16,10 @@ import pytest
 from nag_jax import checkpoints
 from nag_jax.checkpoints import CheckpointError
 from nag_jax.models import DiT
-from nag_jax.training import create_objective, get_base_config, loop
+from nag_jax.sharding import make_mesh
+from nag_jax.training import ConfigError, create_objective, get_base_config, loop, validate
 from nag_jax.training.config_validation import model_config_of
+from nag_jax.training.init_state import state_initializer
 from nag_jax.training.input_pipeline import create_source
 
 jax.config.update("jax_threefry_partitionable", True)
@@ -52,15 +54,15 @@ def tiny_config(steps=10, every=1, **kw):
   return c
 
 
-def fixed_loss(config, params):
-  """Mean loss of `params` on the first 256 digits with fixed draws (same t, noise, dropout for both)."""
+def fixed_loss_fn(config):
+  """params -> mean loss on the first 256 digits with fixed draws (the same t, noise and dropout each call)."""
   mc = model_config_of(config)
   obj = create_objective(mc, config.objective)
   source = create_source(config.data)
-  x, y = source.x[:256], source.y[:256]
-  d = obj.draw(jax.random.key(123), jnp.asarray(x), jnp.asarray(y))
+  x, y = jnp.asarray(source.x[:256]), jnp.asarray(source.y[:256])
+  d = obj.draw(jax.random.key(123), x, y)
   model = DiT(mc)
-  return float(jax.jit(lambda p: jnp.mean(obj.losses(lambda q, *a: model.apply({"params": q}, *a), p, x, d)["loss"]))(params))
+  return jax.jit(lambda p: jnp.mean(obj.losses(lambda q, *a: model.apply({"params": q}, *a), p, x, d)["loss"]))
 
 
 def test_tiny_model_trains_on_digits_and_its_loss_falls(tmp_path):
@@ -69,7 +71,8 @@ def test_tiny_model_trains_on_digits_and_its_loss_falls(tmp_path):
   # adaLN-Zero: the initial final layer is zero, so the initial loss is that of any params whose final
   # layer is zeroed (the output is exactly 0 whatever the other weights).
   init_like = {**state.params, "final_layer": jax.tree.map(jnp.zeros_like, state.params["final_layer"])}
-  before, after = fixed_loss(config, init_like), fixed_loss(config, state.params)
+  loss = fixed_loss_fn(config)
+  before, after = float(loss(init_like)), float(loss(state.params))
   assert after < 0.6 * before, (before, after)
   assert int(state.step) == 80 and sorted(os.listdir(tmp_path / "checkpoints")) == ["40", "80"]
   _, exported, _ = checkpoints.load(tmp_path / loop.EXPORT_DIR)
@@ -156,3 +159,68 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint_then_corr
       f.write_bytes(b"not a checkpoint")
   with pytest.raises(CheckpointError, match=r"cannot restore training checkpoint step 1 from .*checkpoints/1"):
     loop.train(config, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def converted(shared_dir, tmp_path_factory):
+  """The shared tiny official checkpoint, converted with the CLI's code path."""
+  from nag_jax import convert  # pylint: disable=import-outside-toplevel
+  dst = tmp_path_factory.mktemp("finetune") / "dit"
+  src = shared_dir / "fixtures" / "dit_official" / "model.pt"
+  assert convert.main(["--src", str(src), "--dst", str(dst), "--family", "dit", "--num-heads", "4"]) == 0
+  return dst
+
+
+def finetune_state(init_from, mode="finetune", **model):
+  config = tiny_config(**{"mode": mode, "init_from": str(init_from), "ema_decay": 0.0 if mode != "finetune" else 0.9999})
+  config.model.update(dict(input_size=8, in_channels=4, hidden_size=64, depth=2, num_heads=4, **model))
+  validate(config)
+  initialize, _, _ = state_initializer(config, model_config_of(config), make_mesh({"data": -1}))
+  return initialize(), model_config_of(config)
+
+
+def nhwc(a):
+  return np.transpose(a, (0, 2, 3, 1))
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_finetune_starts_from_exactly_the_converted_checkpoint(converted, shared_dir):
+  state, mc = finetune_state(converted)
+  _, loaded, _ = checkpoints.load(converted)
+  want = _flat(loaded)
+  for tree in (state.params, state.ema_params):  # the official EMA weights become both
+    got = _flat(tree)
+    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+  io = np.load(shared_dir / "fixtures" / "dit_official" / "io.npz")
+  out = DiT(mc).apply({"params": state.params}, nhwc(io["x"]), io["t"].astype(np.float32), io["y"].astype(np.int32))
+  assert np.abs(np.asarray(out) - nhwc(io["out"])).max() < 1e-4
+  assert int(state.step) == 0 and all(not np.asarray(m).any() for m in jax.tree.leaves(state.opt_state))
+
+
+def test_new_dataset_gets_fresh_class_rows_and_keeps_the_null_row(converted):
+  state, _ = finetune_state(converted, num_classes=5)
+  _, loaded, _ = checkpoints.load(converted)
+  table, old = np.asarray(state.params["y_embedder"]["embedding_table"]), np.asarray(loaded["y_embedder"]["embedding_table"])
+  assert table.shape == (6, 64) and np.array_equal(table[5], old[10]) and not np.isclose(table[:5], old[:5]).any()
+  got, want = _flat(state.params), _flat(loaded)
+  assert all(np.array_equal(got[k], want[k]) for k in want if "y_embedder" not in k)
+
+
+def test_noise_estimator_keeps_the_backbone_and_replaces_the_final_layer(converted):
+  state, _ = finetune_state(converted, mode="noise_estimator")
+  _, loaded, _ = checkpoints.load(converted)
+  got, want = _flat(state.params), _flat(loaded)
+  assert {k for k in want if k not in got} == {k for k in want if "final_layer" in k}
+  assert all(np.array_equal(got[k], want[k]) for k in want if "final_layer" not in k)
+  assert got["['head_fc1']['kernel']"].shape == (64, 32) and got["['head_fc2']['kernel']"].shape == (32, 1)
+  assert state.ema_params is None
+
+
+def test_finetune_config_must_match_the_checkpoint(converted):
+  config = tiny_config(**{"mode": "finetune", "init_from": str(converted)})
+  config.model.update(dict(input_size=8, in_channels=4, hidden_size=64, depth=3, num_heads=4))
+  with pytest.raises(ConfigError, match=r"differs from the checkpoint .*depth=3 \(checkpoint: 2\)"):
+    validate(config)

@@ -87,7 +87,7 @@ def kde_density(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 def analyze(levels: np.ndarray, estimates: dict[str, np.ndarray], t_values: Sequence[float], *,
             kde_points: int = 200) -> dict:
-  """The JSON-able report: per-step stats of every setting, the chosen t's and their KDE curves.
+  """The JSON-able report: per-step stats of every setting, the chosen t's and their KDE curves (own grids).
 
   `estimates` maps a setting name to its (S, N) estimates; FORWARD (real data through the forward
   process) is required and is the reference of `shift_vs_forward` (the paper's Figure 4(b)).
@@ -98,13 +98,12 @@ def analyze(levels: np.ndarray, estimates: dict[str, np.ndarray], t_values: Sequ
   stats = {name: shift_stats(levels, est) for name, est in estimates.items()}
   for s in stats.values():
     s["shift_vs_forward"] = s["mean"] - stats[FORWARD]["mean"]
-  steps = nearest_steps(levels, t_values)
-  every = np.concatenate([np.asarray(e)[steps].ravel() for e in estimates.values()])
-  pad = 0.1 * max(np.ptp(every), 1e-3)
-  grid = np.linspace(every.min() - pad, every.max() + pad, kde_points)
   selected = []
-  for t, k in zip(t_values, steps):
-    row = {"t": float(t), "level": float(levels[k]), "index": int(k)}
+  for t, k in zip(t_values, nearest_steps(levels, t_values)):
+    here = np.concatenate([np.asarray(e)[k] for e in estimates.values()] + [levels[k:k + 1]])
+    pad = 0.1 * max(np.ptp(here), 1e-3)
+    grid = np.linspace(here.min() - pad, here.max() + pad, kde_points)
+    row = {"t": float(t), "level": float(levels[k]), "index": int(k), "grid": grid.tolist()}
     for name, s in stats.items():
       row[name] = {key: float(s[key][k]) for key in ("mean", "std", "median", "shift", "shift_vs_forward")}
       row[name]["density"] = kde_density(np.asarray(estimates[name])[k], grid).tolist()
@@ -112,7 +111,7 @@ def analyze(levels: np.ndarray, estimates: dict[str, np.ndarray], t_values: Sequ
   per_step = {name: {key: v.tolist() for key, v in s.items()} for name, s in stats.items()}
   mean_shift = {name: float(np.mean(s["shift"])) for name, s in stats.items()}
   return {"levels": levels.tolist(), "settings": list(estimates), "num_samples": int(np.shape(estimates[FORWARD])[1]),
-          "per_step": per_step, "mean_shift": mean_shift, "kde_grid": grid.tolist(), "selected": selected}
+          "per_step": per_step, "mean_shift": mean_shift, "selected": selected}
 
 
 def csv_rows(report: dict) -> list[dict]:
@@ -129,12 +128,12 @@ def csv_rows(report: dict) -> list[dict]:
 def table_text(report: dict) -> str:
   """A short fixed-width table: estimate mean +- std (shift) per chosen t and setting, then mean shifts."""
   names = report["settings"]
-  head = f"{'t':>6} | " + " | ".join(f"{n:>22}" for n in names)
+  head = f"{'t':>6} | " + " | ".join(f"{n:>23}" for n in names)
   lines = [f"estimated noise fraction (1 = noise), mean +- std (shift vs prior); {report['num_samples']} samples",
            head, "-" * len(head)]
   for row in report["selected"]:
     cells = [f"{row[n]['mean']:.3f} +- {row[n]['std']:.3f} ({row[n]['shift']:+.3f})" for n in names]
-    lines.append(f"{row['level']:>6.3f} | " + " | ".join(f"{c:>22}" for c in cells))
+    lines.append(f"{row['level']:>6.3f} | " + " | ".join(f"{c:>23}" for c in cells))
   lines.append("mean shift over all measured steps: "
                + ", ".join(f"{n} {report['mean_shift'][n]:+.4f}" for n in names))
   return "\n".join(lines) + "\n"

@@ -35,10 +35,9 @@ def plot_densities(report: dict, path: str | pathlib.Path) -> pathlib.Path:
   """One panel per chosen t: the estimated-level density of every setting; black line = prior t."""
   rows = report["selected"]
   fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.2), squeeze=False)
-  grid = np.asarray(report["kde_grid"])
   for ax, row in zip(axes[0], rows):
     for k, name in enumerate(report["settings"]):
-      ax.plot(grid, row[name]["density"], color=_color(name, k), label=name)
+      ax.plot(row["grid"], row[name]["density"], color=_color(name, k), label=name)
     ax.axvline(row["level"], color="black", linewidth=1.5)
     ax.set_title(f"prior t = {row['level']:.3f}")
     ax.set_xlabel("estimated t (noise fraction)")

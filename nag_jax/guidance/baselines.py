@@ -53,11 +53,12 @@ class Schedule:
 
   @property
   def num_timesteps(self) -> int:
-    """T of the DiT diffusion (the estimator's DiT target is t / T); RESOLUTION for SiT."""
-    return len(self.alphas_cumprod) if self.family == "dit" else RESOLUTION
+    """T of the DiT diffusion (DiT only; the estimator's DiT target is t / T)."""
+    return len(self.alphas_cumprod)
 
   @property
   def time_range(self) -> tuple[float, float]:
+    """The model's trained time interval (DiT 0..T-1, SiT [0, 1])."""
     return (0.0, float(self.num_timesteps - 1)) if self.family == "dit" else (0.0, 1.0)
 
   def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -68,14 +69,6 @@ class Schedule:
       return (jnp.asarray(np.sqrt(abar).astype(np.float32))[index],
               jnp.asarray(np.sqrt(1 - abar).astype(np.float32))[index])
     return self.path.alpha(t)[0], self.path.sigma(t)[0]
-
-  def noise_fraction(self, t: jax.Array) -> jax.Array:
-    """Model time -> noise fraction nu in [0, 1] (1 = noise), as the samplers' grids define it."""
-    return t / (self.num_timesteps - 1) if self.family == "dit" else 1 - t
-
-  def time_step(self) -> float:
-    """One candidate step of Time Shift in model time (DiT 1 timestep, SiT 1/1000)."""
-    return 1.0 if self.family == "dit" else 1.0 / RESOLUTION
 
 
 def eps_scale(out: jax.Array, eps_scaling: float, latent_channels: int) -> jax.Array:
@@ -90,7 +83,7 @@ def time_shift(x: jax.Array, t: jax.Array, window: float, schedule: Schedule,
   k = int(round(window * RESOLUTION))
   # Offsets 0, -1, +1, -2, +2, ...: argmin takes the first minimum, i.e. the candidate nearest t.
   order = np.stack([-np.arange(k + 1), np.arange(k + 1)], axis=1).reshape(-1)[1:]
-  step = schedule.time_step() * (1 if schedule.family == "dit" else -1)  # +nu: DiT t up, SiT t down
+  step = 1.0 if schedule.family == "dit" else -1.0 / RESOLUTION  # one candidate towards noise (+nu)
   lo, hi = schedule.time_range
   cand = jnp.clip(t[:, None] + step * jnp.asarray(order, jnp.float32), lo, hi)
   a, s = schedule.coefficients(cand)

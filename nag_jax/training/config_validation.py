@@ -39,6 +39,16 @@ def unknown_keys(config: ml_collections.ConfigDict, schema: ml_collections.Confi
   return out
 
 
+def has_key(dotted: str) -> bool:
+  """True when the base config has the (dotted) key, e.g. 'optimizer.learning_rate'."""
+  node = get_base_config()
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
 def model_config_of(config: ml_collections.ConfigDict, num_classes: int | None = None) -> ModelConfig:
   """The ModelConfig of `config.model`; num_classes 0 means the data's class count (`num_classes`)."""
   fields = config.model.to_dict()

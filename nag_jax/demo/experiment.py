@@ -1,0 +1,169 @@
+"""The demo experiment: classifier, SiT variants, the sampling grid with its metrics, g_phi and the noise shift.
+
+Every sampler configuration is compiled once (`build_sampler`, cached) and called with each seed's key,
+so every guidance setting sees the same initial noise and SDE noises for a given seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from nag_jax import analyze_noise_shift
+from nag_jax.data import digits_arrays
+from nag_jax.demo import classifier, models
+from nag_jax.demo.config import DemoConfig, Setting, run_name, sampler_config
+from nag_jax.evaluation import fid, precision_recall
+from nag_jax.evaluation.features import extract_features
+from nag_jax.sampling.pipeline import build_sampler
+
+METRICS = ("fd", "accuracy", "precision", "recall")
+BRANCH_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99)  # SiT time, 1 = data
+
+
+class Timer:
+  """Wall-clock and process CPU seconds per named stage (CPU counts every thread of this process)."""
+
+  def __init__(self):
+    self.stages: dict[str, dict[str, float]] = {}
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    self.stages[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
+class Evaluator:
+  """Classifier features of all real digits (the reference) and the metrics of a set of samples."""
+
+  def __init__(self, params: Any, real: np.ndarray):
+    self.params = params
+    self.reference = self.features(real)["features"]
+    self.stats = fid.compute_statistics(self.reference)
+
+  def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    return extract_features(classifier.apply_fn, self.params, images, batch_size=500, progress=False)
+
+  def __call__(self, images: np.ndarray, labels: np.ndarray, pr: bool = True) -> dict[str, float]:
+    out = self.features(images)
+    m = {"fd": fid.frechet_distance(*fid.compute_statistics(out["features"]), *self.stats),
+         "accuracy": classifier.accuracy(out["logits"], labels)}
+    if pr:
+      m["precision"], m["recall"] = precision_recall.precision_recall(self.reference, out["features"])
+    return m
+
+
+class Grid:
+  """Samples and scores (model, sampler, guidance) settings over the seeds; one compile per configuration."""
+
+  def __init__(self, dc: DemoConfig, evaluator: Evaluator, bar: tqdm.tqdm):
+    self.dc, self.evaluator, self.bar = dc, evaluator, bar
+    self.labels = np.arange(dc.num_samples, dtype=np.int32) % 10
+    self.samplers: dict[tuple, Any] = {}
+    self.pictures: dict[tuple[str, str, str], np.ndarray] = {}
+
+  def key(self, i: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(self.dc.seed), 1000 + i)
+
+  def score(self, variant: str, model_config, params, method: str, steps: int, s: Setting) -> dict:
+    """{metric: [value per seed]}; keeps seed 0's first samples for the picture grids."""
+    spec = (model_config, sampler_config(method, steps), s.guidance(self.dc.pseudo_level))
+    if spec not in self.samplers:
+      self.samplers[spec] = build_sampler(*spec)
+    out = {m: [] for m in METRICS}
+    for i in range(self.dc.num_seeds):
+      self.bar.set_description(f"{variant} {run_name(method, steps)} {s.label}")
+      x = np.clip(np.asarray(self.samplers[spec](params, self.key(i), self.labels)["latents"]), -1, 1)
+      if i == 0:
+        self.pictures[(variant, run_name(method, steps), s.name)] = x[:10 * self.dc.grid_per_class]
+      for k, v in self.evaluator(x, self.labels).items():
+        out[k].append(v)
+      self.bar.update()
+    return out
+
+
+def real_baseline(dc: DemoConfig, evaluator: Evaluator, images: np.ndarray, labels: np.ndarray) -> dict:
+  """FD and classifier accuracy of random real subsets of the sample size (the floor at this N)."""
+  out = {"fd": [], "accuracy": []}
+  for i in range(dc.num_seeds):
+    idx = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(dc.seed), 2000 + i),
+                                            len(images)))[:dc.num_samples]
+    m = evaluator(images[idx], labels[idx], pr=False)
+    out["fd"].append(m["fd"])
+    out["accuracy"].append(m["accuracy"])
+  return out
+
+
+def noise_shift(dc: DemoConfig, model: pathlib.Path, estimator: pathlib.Path, out: pathlib.Path) -> dict:
+  """The noise-shift CLI (unguided and NAG at each w of `shift_nag`); {f"w{w:g}": its report}."""
+  reports = {}
+  for w in dc.shift_nag:
+    args = analyze_noise_shift.parse_args([
+        "--model", str(model), "--estimator", str(estimator), "--data", "digits", "--out", str(out / f"w{w:g}"),
+        "--sampler", "sde", "--num-steps", str(dc.shift_steps), "--guidance", "none,nag", "--nag-scale", str(w),
+        "--num-samples", str(dc.shift_samples), "--batch-size", str(dc.shift_samples),
+        "--t-values", ",".join(str(t) for t in dc.shift_t), "--seed", str(dc.seed)])
+    report = analyze_noise_shift.run(args)
+    reports[f"w{w:g}"] = {
+        "dir": str(out / f"w{w:g}"), "num_samples": report["num_samples"], "levels": report["levels"],
+        "mean_shift": report["mean_shift"],
+        "per_step": {n: {k: s[k] for k in ("mean", "std", "shift", "shift_vs_forward")}
+                     for n, s in report["per_step"].items()},
+        "selected": [{k: ({f: c[f] for f in c if f != "density"} if isinstance(c, dict) else c)
+                      for k, c in row.items()} for row in report["selected"]]}
+  return reports
+
+
+def run(dc: DemoConfig, out: pathlib.Path, *, progress: bool = True) -> tuple[dict, dict]:
+  """Runs everything into `out`; returns (JSON-able results, {(variant, run, setting): sample images})."""
+  timer, key = Timer(), jax.random.key(dc.seed)
+  images, labels = digits_arrays(dc.image_size)
+  results: dict[str, Any] = {"config": dataclasses.asdict(dc), "models": {}, "grid": {}}
+  with timer("classifier"):
+    train_idx, test_idx = classifier.split(len(images), jax.random.fold_in(key, 1))
+    clf = classifier.train(images[train_idx], labels[train_idx], jax.random.fold_in(key, 2),
+                           steps=dc.classifier_steps, progress=progress)
+    evaluator = Evaluator(clf, images)
+    test_logits = evaluator.features(images[test_idx])["logits"]
+    results["classifier"] = {"test_accuracy": classifier.accuracy(test_logits, labels[test_idx]),
+                             "train_size": len(train_idx), "test_size": len(test_idx),
+                             "feature_dim": classifier.FEATURES}
+    results["real"] = real_baseline(dc, evaluator, images, labels)
+  trained = {}
+  for v in dc.variants:
+    with timer(f"train {v.name}"):
+      model_config, params, losses = models.train_variant(dc, v, out / "runs" / v.name, progress=progress)
+    trained[v.name] = (model_config, params)
+    branch = models.branch_errors(model_config, params, images[:512], labels[:512], jax.random.fold_in(key, 3),
+                                  BRANCH_TIMES, dc.pseudo_level)
+    results["models"][v.name] = {
+        "label": v.label, "time_scale": v.time_scale, "noise_dropout": v.noise_dropout,
+        "params": int(sum(p.size for p in jax.tree.leaves(params))), "losses": losses,
+        "embedding_gap": models.embedding_gap(v.time_scale, dc.pseudo_level),
+        "branch": {"times": list(BRANCH_TIMES), **branch}}
+  jobs = len(dc.runs) * len(dc.settings) + sum(
+      len(dc.variant_runs) * len(dc.variant_settings) for v in dc.variants[1:])
+  with timer("sampling + metrics"), tqdm.tqdm(total=jobs * dc.num_seeds, unit="run", disable=not progress,
+                                               leave=False) as bar:
+    grid = Grid(dc, evaluator, bar)
+    for v in dc.variants:
+      todo = [(r, dc.settings) for r in dc.runs] if v is dc.variants[0] else [
+          (r, [dc.setting(s) for s in dc.variant_settings]) for r in dc.variant_runs]
+      results["grid"][v.name] = {run_name(*r): {s.name: grid.score(v.name, *trained[v.name], *r, s) for s in ss}
+                                 for r, ss in todo}
+  with timer("g_phi"):
+    main_dir = out / "runs" / dc.variants[0].name / "model"
+    estimator, gphi_losses = models.train_estimator(dc, trained[dc.variants[0].name][0], main_dir,
+                                                    out / "runs" / "gphi", progress=progress)
+  with timer("noise shift"):
+    results["noise_shift"] = noise_shift(dc, main_dir, estimator, out / "noise_shift")
+  results["gphi_losses"] = gphi_losses
+  results["timing"] = timer.stages
+  return results, grid.pictures
