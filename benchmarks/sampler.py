@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from benchmarks.common import compiled_flops, matmul_flops_per_s, time_call
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion, p_sample
 from nag_jax.guidance import GuidanceConfig, combine
+from nag_jax.guidance.denoiser import branch_inputs
 from nag_jax.models import DiT, get_model_config, init_params
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 
@@ -57,7 +58,7 @@ def bench_model(name: str, batch: int, steps: int, rate: float) -> list[dict]:
   fwd3 = time_call(jax.jit(fwd), params, x3, jnp.zeros(3 * batch), jnp.concatenate([labels] * 3))
   rows = []
   for mode, g in MODES.items():
-    k = 1 + len(g.active_terms(0.5))
+    k = len(branch_inputs(g, g.active_terms(0.5)))
     sample = build_sampler(config, SamplerConfig(method="ddpm", num_steps=steps), g)
     per_step = time_call(lambda: sample(params, jax.random.key(2), labels)["latents"], repeats=2) / steps
     loop = python_loop_sampler(model, params, g, labels, steps)

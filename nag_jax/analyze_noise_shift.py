@@ -17,11 +17,9 @@ import json
 import pathlib
 import sys
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from nag_jax import checkpoints
 from nag_jax.checkpoints import model_dir
@@ -30,7 +28,6 @@ from nag_jax.evaluation import noise_shift as ns
 from nag_jax.evaluation.noise_shift_plots import plot_all
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.guidance.baselines import Schedule
-from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs
 from nag_jax.sampling.config import PRESETS
 from nag_jax.sampling.pipeline import METHODS, SamplerConfig, build_sampler, step_noise_levels
 from nag_jax.training.input_pipeline import check_source, create_source
@@ -62,20 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--t-values", default="0.7,0.5,0.3", help="prior noise fractions for the densities")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
-
-
-def load_estimator(path: str | pathlib.Path) -> tuple[NoiseEstimator, dict]:
-  """g_phi and its params from a model directory holding a NoiseEstimator's params."""
-  config = model_dir.read_config(path)
-  estimator = NoiseEstimator(config)
-  target = jax.eval_shape(lambda: nn.meta.unbox(estimator.init(jax.random.key(0), *estimator_inputs(estimator))))
-  try:
-    params = ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute() / model_dir.PARAMS_DIR,
-                                                target["params"])
-  except Exception as e:  # orbax raises several types for a tree that does not match
-    raise checkpoints.CheckpointError(f"{path} does not hold noise-estimator (g_phi) params "
-                                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-  return estimator, params
 
 
 def data_source(spec: str, image_size: int, data_dir: str = "", split: str = "train"):
@@ -118,7 +101,7 @@ def guidance_of(name: str, args: argparse.Namespace) -> GuidanceConfig:
 def collect(args: argparse.Namespace, t_values: list[float]) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
   """(levels (S,), {setting: (S, N) estimated noise fractions} with the forward reference, run info)."""
   _, params, config = checkpoints.load(args.model)
-  estimator, est_params = load_estimator(args.estimator)
+  estimator, est_params = model_dir.load_estimator(args.estimator)
   e = estimator.config
   if (e.family, e.input_size, e.in_channels) != (config.family, config.input_size, config.in_channels):
     raise ValueError(f"the estimator takes {e.family} inputs of {e.input_size}x{e.input_size}x{e.in_channels}, "

@@ -51,10 +51,13 @@ def run(c) -> pathlib.Path:
     decode = lambda p, z: decode_to_uint8(vae, p, z)
   elif c.pixel_space:
     decode = lambda p, z: jnp.clip(127.5 * z + 128.0, 0, 255).astype(jnp.uint8)
+  estimator, estimator_params = None, None
+  if c.estimator:
+    estimator, estimator_params = checkpoints.model_dir.load_estimator(c.estimator)
   mesh = make_mesh(c.mesh.to_dict())
   if c.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
     raise ValueError(f"batch_size {c.batch_size} is not divisible by the data axes of mesh {dict(mesh.shape)}")
-  sample = build_sampler(model_cfg, sampler_cfg, guidance, decode=decode)
+  sample = build_sampler(model_cfg, sampler_cfg, guidance, decode=decode, estimator=estimator)
   out_dir = pathlib.Path(c.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   key_samples, key_labels = jax.random.split(jax.random.key(c.seed))
@@ -68,7 +71,7 @@ def run(c) -> pathlib.Path:
         continue
       labels = batch_labels(c, key_labels, b, model_cfg.num_classes)
       out = sample(params, jax.random.fold_in(key_samples, b), jax.device_put(labels, sharding),
-                   decoder_params)
+                   decoder_params, estimator_params=estimator_params)
       images = out["images"] if decode is not None else out["latents"]
       for shard in images.addressable_shards:
         sl = shard.index[0]

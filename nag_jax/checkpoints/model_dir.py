@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import tempfile
 
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -13,6 +14,7 @@ import orbax.checkpoint as ocp
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT
+from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -73,3 +75,17 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, shardings=None):
   except Exception as e:  # orbax raises several types for missing or corrupt files
     raise CheckpointError(f"cannot restore params from {path / PARAMS_DIR} ({type(e).__name__}: {e})") from e
   return DiT(config), params, config
+
+
+def load_estimator(path: str | pathlib.Path) -> tuple[NoiseEstimator, dict]:
+  """g_phi and its params from a model directory holding a NoiseEstimator's params."""
+  config = read_config(path)
+  estimator = NoiseEstimator(config)
+  target = jax.eval_shape(lambda: nn.meta.unbox(estimator.init(jax.random.key(0), *estimator_inputs(estimator))))
+  try:
+    params = ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute() / PARAMS_DIR,
+                                                target["params"])
+  except Exception as e:  # orbax raises several types for a tree that does not match
+    raise CheckpointError(f"{path} does not hold noise-estimator (g_phi) params "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+  return estimator, params

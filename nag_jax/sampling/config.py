@@ -19,6 +19,7 @@ def default_sample_config(family: str, preset: str = "nag") -> ml_collections.Co
   c = ml_collections.ConfigDict()
   c.checkpoint = ""            # converted model directory (python -m nag_jax.convert)
   c.vae = ""                   # converted SD-VAE directory; "" writes latents (or pixels, below)
+  c.estimator = ""             # g_phi directory, needed only by classifier-based NAG
   c.pixel_space = False        # the model works on images in [-1, 1] directly (the demo's digits)
   c.out_dir = "samples"
   c.num_samples = 64
