@@ -17,7 +17,7 @@ def get_config():
                            num_heads=4, num_classes=10))
   config.data.update(dict(kind="digits", image_size=16, flip=False))
   config.num_train_steps = 2_000
-  config.global_batch_size = 64
+  config.global_batch_size = 32
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 100
   config.ema_decay = 0.999

@@ -1,4 +1,5 @@
 """`python -m nag_jax.main`: an end-to-end run through the CLI, and one clear error per bad input."""
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -106,3 +107,31 @@ def test_corrupt_checkpoint_gives_one_clear_error(cli, tmp_path, capsys):
   assert run_in_process(cli, tmp_path) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: cannot restore training checkpoint step 3")
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+@pytest.mark.parametrize("name, arg", [
+    ("tiny_digits", None),
+    *[("imagenet_scratch", f"{f}-{s}/2") for f in ("DiT", "SiT") for s in ("S", "B", "L", "XL")],
+    ("imagenet_finetune_nag", "DiT"), ("imagenet_finetune_nag", "SiT"), ("imagenet_finetune_ip", "DiT"),
+    *[("dataset_finetune", d) for d in ("food", "sun", "caltech", "cub", "cars", "df20m", "artbench")],
+    ("noise_estimator", "SiT"), ("noise_estimator", "DiT"),
+])
+def test_paper_configs_are_valid_but_for_the_paths_to_supply(name, arg):
+  config = load_config(name, arg)
+  if config.data.kind == "latents":
+    with pytest.raises(ConfigError, match="data.path must name the latents folder"):
+      validate(config)
+    config.data.path = "/data/imagenet256_latents"
+  if config.mode == "scratch":
+    validate(config)
+  else:
+    with pytest.raises(ConfigError) as info:
+      validate(config)
+    assert str(info.value) == f"invalid config: init_from must name a converted model directory in mode {config.mode!r}"

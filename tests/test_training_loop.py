@@ -1,4 +1,5 @@
 """The training loop end to end on CPU: the loss falls, kill -9 resumes bit-exactly, NaN and corrupt checkpoints."""
+import json
 import os
 import pathlib
 import random
@@ -159,6 +160,36 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint_then_corr
       f.write_bytes(b"not a checkpoint")
   with pytest.raises(CheckpointError, match=r"cannot restore training checkpoint step 1 from .*checkpoints/1"):
     loop.train(config, tmp_path)
+
+
+MESH_DRIVER = """
+import json, sys, jax, numpy as np
+jax.config.update("jax_threefry_partitionable", True)
+from tests.test_training_loop import tiny_config
+from nag_jax.training import loop
+out = {}
+for name, mesh in (("data", {"data": 2}), ("fsdp", {"data": 1, "fsdp": 2})):
+  state = loop.train(tiny_config(steps=3, **{"mesh": mesh}), f"{sys.argv[1]}/{name}")
+  out[name] = {"leaves": [np.asarray(a).tolist() for a in jax.tree.leaves(state.params)],
+               "shard": [list(a.sharding.shard_shape(a.shape)) for a in (state.params["blocks_0"]["fc1"]["kernel"],
+                         state.opt_state[0].mu["blocks_0"]["fc1"]["kernel"], state.ema_params["blocks_0"]["fc1"]["kernel"])]}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_two_device_meshes_shard_the_state_and_agree(tmp_path):
+  """Data-parallel vs FSDP on 2 CPU devices: params and Adam moments sharded by their logical axes."""
+  env = {**os.environ, **FAST_COMPILE}
+  env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+  proc = subprocess.run([sys.executable, "-c", MESH_DRIVER, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["data"]["shard"] == [[32, 128]] * 3  # replicated
+  assert out["fsdp"]["shard"] == [[16, 128]] * 3  # params, Adam moments and EMA split over 'fsdp' on 'embed'
+  for a, b in zip(out["data"]["leaves"], out["fsdp"]["leaves"]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

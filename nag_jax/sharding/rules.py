@@ -1,8 +1,10 @@
-"""Logical-axis rules: the one place that maps parameter, optimizer-state and batch names onto the mesh.
+"""Logical-axis rules: the one place that maps parameter, activation and optimizer-state names onto the mesh.
 
 DiT/SiT and g_phi parameters carry logical names (`nag_jax.models.initializers.partitioned`); the SD-VAE
 has none and stays replicated (it only decodes, and its 84M parameters fit every device). Activations
-need no rules: GSPMD propagates the batch split of the inputs, including the k*B guidance branch batch.
+follow the batch split of the inputs (the k*B guidance branch batch included); `constrain` pins them
+inside the blocks, where XLA otherwise picks (and, on data x fsdp x tensor meshes, mis-partitions)
+layouts with fsdp on both the batch and the features.
 """
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 # logical name -> mesh axes. Params: 'embed' is FSDP-sharded, 'mlp'/'heads' tensor-parallel.
+# Activations: 'batch' over data x fsdp, features ('act_embed') whole, hidden units as their weights.
 RULES = (
     ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -67,6 +72,26 @@ def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
 def bytes_per_device(tree: Any) -> int:
   """Bytes one device holds of a tree of sharded arrays or ShapeDtypeStructs (even shardings)."""
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+  """Pins an activation's sharding by logical names, e.g. ("batch", "length", "mlp"), inside `jax.set_mesh`.
+
+  Outside a mesh context (one device, plain `jax.jit`) it returns x unchanged.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, _fit(nn.logical_to_mesh_axes(names, RULES), x.shape, mesh))
+
+
+def check_batch(mesh: Mesh, batch: int) -> None:
+  """Raises a clear error when a global batch does not split evenly over the mesh's batch axes."""
+  axes = dict(RULES)["batch"]
+  devices = math.prod(mesh.shape[a] for a in axes)
+  if batch % devices:
+    raise ValueError(f"batch {batch} is not divisible by the {devices} devices of the batch axes {axes} of "
+                     f"mesh {dict(mesh.shape)}")
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nag_jax.sharding.rules import RULES, batch_sharding, replicated
+from nag_jax.sharding.rules import RULES, batch_sharding, check_batch, replicated
 
 
 def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
@@ -35,6 +35,7 @@ def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
                                                rep if parent_shardings is None else parent_shardings, rep))
 
   def sample(params, key, labels, decoder_params=None, parent_params=None, noises=None):
+    check_batch(mesh, labels.shape[0])
     return compiled(params, key, labels, decoder_params, parent_params, noises)
 
   return sample

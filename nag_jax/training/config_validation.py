@@ -95,8 +95,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     lo, hi = trained_range(model.family, o.diffusion_steps)
     _check(p, "objective.pseudo_level", o.pseudo_level, lambda v: not lo <= v <= hi,
            f"outside the trained range [{lo}, {hi}] of {model.family} timesteps")
-  if o.label_dropout > 0 and model.class_dropout_prob <= 0:
-    p.append("objective.label_dropout > 0 needs a null-class row: set model.class_dropout_prob > 0")
   _check(p, "optimizer.learning_rate", opt.learning_rate, lambda v: v > 0, "> 0")
   _check(p, "optimizer.weight_decay", opt.weight_decay, lambda v: v >= 0, ">= 0")
   _check(p, "optimizer.b1", opt.b1, unit, "in [0, 1)")
@@ -108,6 +106,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(p, "optimizer.grad_clip_norm", opt.grad_clip_norm, lambda v: v >= 0, ">= 0 (0 = off)")
   _check(p, "data.kind", c.data.kind, lambda v: v in DATA_KINDS, f"one of {DATA_KINDS}")
   _check(p, "data.worker_count", c.data.worker_count, nonneg_int, "an integer >= 0")
+  _check(p, "sample.every_steps", c.sample.every_steps, nonneg_int, "an integer >= 0 (0 = off)")
+  _check(p, "sample.nag_scale", c.sample.nag_scale, lambda v: v >= 0, ">= 0 (NAG convention, 0 = off)")
+  _check(p, "sample.cfg_scale", c.sample.cfg_scale, lambda v: v >= 1, ">= 1 (CFG convention, 1 = off)")
+  if not p:  # the values have sane types and ranges: now check how they fit together
+    _check_consistency(p, c, model)
+    _check_batch(p, c, num_devices or jax.device_count())
+    if c.mode != "scratch":
+      _check_init_from(p, c, model)
+  if p:
+    raise ConfigError("invalid config: " + "; ".join(p))
+
+
+def _check_consistency(p: list, c: ml_collections.ConfigDict, model: ModelConfig) -> None:
+  """Cross-field rules: data paths per kind, image size vs model, null class, sampling in g_phi mode."""
   if c.data.kind in ("folder", "latents") and not c.data.path:
     p.append(f"data.path must name the {c.data.kind} folder")
   if c.data.kind == "tfds" and not c.data.tfds_name:
@@ -115,16 +127,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if c.data.kind != "latents" and c.data.image_size != model.input_size:
     p.append(f"data.image_size {c.data.image_size} must equal model.input_size {model.input_size} "
              "(image sources feed the model directly; use latents for a latent model)")
-  _check(p, "sample.every_steps", c.sample.every_steps, nonneg_int, "an integer >= 0 (0 = off)")
-  _check(p, "sample.nag_scale", c.sample.nag_scale, lambda v: v >= 0, ">= 0 (NAG convention, 0 = off)")
-  _check(p, "sample.cfg_scale", c.sample.cfg_scale, lambda v: v >= 1, ">= 1 (CFG convention, 1 = off)")
+  if c.data.kind == "digits" and c.data.image_size % 8:
+    p.append(f"data.image_size must be a multiple of 8 for digits, got {c.data.image_size}")
+  if c.objective.label_dropout > 0 and model.class_dropout_prob <= 0:
+    p.append("objective.label_dropout > 0 needs a null-class row: set model.class_dropout_prob > 0")
   if c.mode == "noise_estimator" and c.sample.every_steps:
     p.append("sample.every_steps must be 0 in noise_estimator mode (g_phi does not generate)")
-  _check_batch(p, c, num_devices or jax.device_count())
-  if c.mode != "scratch":
-    _check_init_from(p, c, model)
-  if p:
-    raise ConfigError("invalid config: " + "; ".join(p))
 
 
 def _check_batch(p: list, c: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -1,0 +1,77 @@
+"""The quick demo end to end: report structure and sanity of its numbers (not a claimed improvement).
+
+The quick run happens once per session and is shared with tests/test_notebook.py (also across
+pytest-xdist workers, through a file lock in the session's shared temp folder).
+"""
+import fcntl
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SECTIONS = ("## Headline", "## What the numbers show", "## Setup", "## All metrics", "## Time scaling",
+            "## Noise shift", "## Samples", "## Timing")
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> tuple[pathlib.Path, str]:
+  """(output folder, stdout) of `python -m nag_jax.demo --quick`, run once per test session."""
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  out = shared / "nag_demo_quick"
+  with open(shared / "nag_demo_quick.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (out / "stdout.txt").is_file():
+      proc = subprocess.run([sys.executable, "-m", "nag_jax.demo", "--quick", "--no-progress", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+      assert proc.returncode == 0, f"quick demo failed:\n{proc.stderr[-4000:]}"
+      (out / "stdout.txt").write_text(proc.stdout)
+  return out, (out / "stdout.txt").read_text()
+
+
+def _numbers(tree):
+  if isinstance(tree, dict):
+    for v in tree.values():
+      yield from _numbers(v)
+  elif isinstance(tree, list):
+    for v in tree:
+      yield from _numbers(v)
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    yield tree
+
+
+def test_report_structure_and_pictures(quick_demo):
+  out, stdout = quick_demo
+  report = (out / "report.md").read_text()
+  for section in SECTIONS:
+    assert section in report, section
+  for label in ("unguided", "CFG 1.5", "NAG w=1", "NAG w=2", "NAG w=2 + CFG 1.2"):
+    assert f"| {label} |" in report and f"| {label} |" in stdout, label
+  images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+  assert any("densities.png" in i for i in images) and any("shift_curves.png" in i for i in images)
+  assert sum(i.startswith("samples_") for i in images) == 2  # quick: SDE 20 and ODE 20
+  for image in images:
+    assert (out / image).is_file() and (out / image).read_bytes()[:4] == b"\x89PNG", image
+
+
+def test_numbers_are_finite_and_sane(quick_demo):
+  out, _ = quick_demo
+  results = json.loads((out / "results.json").read_text())
+  assert all(math.isfinite(v) for v in _numbers(results))
+  assert results["classifier"]["test_accuracy"] >= 0.9
+  seeds = results["config"]["num_seeds"]
+  assert seeds >= 3
+  for variant in ("main", "paper", "nodrop"):
+    for run in results["grid"][variant].values():
+      for cell in run.values():
+        assert len(cell["fd"]) == seeds and min(cell["fd"]) >= 0
+        assert all(0 <= v <= 1 for m in ("accuracy", "precision", "recall") for v in cell[m])
+  assert set(results["grid"]["main"]["SDE 20"]) == {"none", "cfg", "nag1", "nag2", "nag_cfg"}
+  shift = results["noise_shift"]["w1"]
+  assert {"forward", "none", "nag"} <= set(shift["per_step"])
+  assert len(shift["selected"]) == len(results["config"]["shift_t"])
