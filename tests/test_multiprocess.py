@@ -70,3 +70,18 @@ def test_two_processes_sample_like_one_without_collisions(runs):
   diff = float(np.abs(two - ref).max())
   print(f"samples, two processes vs one: max abs diff {diff:.2e}")
   assert two.shape == (8, 8, 8, 4) and ref.std() > 0.1 and diff <= 1e-5
+
+
+def test_local_launcher_joins_the_processes(tmp_path):
+  script = ("from nag_jax.sharding import multihost; multihost.initialize(timeout_s=60); import jax; "
+            "import jax.numpy as jnp; from jax.experimental import multihost_utils as mu; "
+            "print('sum', int(mu.process_allgather(jnp.asarray(jax.process_index() + 1)).sum()), "
+            "'of', jax.process_count())")
+  launcher = pathlib.Path(__file__).parents[1] / "launch" / "local_multiprocess.sh"
+  env = {**os.environ, "NUM_PROCESSES": "2", "DEVICES": "cpu:1", "LOG_DIR": str(tmp_path),
+         "PORT": str(_free_port())}
+  out = subprocess.run(["bash", str(launcher), sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=120, check=False)
+  assert out.returncode == 0, out.stderr[-3000:] + (tmp_path / "process_1.log").read_text()[-3000:]
+  assert "sum 3 of 2" in out.stdout  # process 0 saw both processes' values
+  assert "sum 3 of 2" in (tmp_path / "process_1.log").read_text()

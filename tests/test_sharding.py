@@ -139,12 +139,12 @@ def _dry_run(*args):
 
 
 def test_dry_run_reports_bytes_and_the_compiled_estimate():
-  out = _dry_run("--model", "DiT-S/8", "--image-size", "64", "--devices", "4", "--mesh", "fsdp=-1",
-                 "--batch", "8", "--device-memory-gb", "1")
+  out = _dry_run("--model", "DiT-S/8", "--depth", "1", "--image-size", "64", "--devices", "4", "--mesh",
+                 "fsdp=-1", "--batch", "8", "--device-memory-gb", "1")
   assert out.returncode == 0, out.stderr[-3000:]
   lines = out.stdout.splitlines()
   assert "4 devices, mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in lines[0]
-  cfg = get_model_config("DiT-S/8", image_size=64)
+  cfg = get_model_config("DiT-S/8", image_size=64).replace(depth=1)
   total = sum(x.size * 4 for x in jax.tree.leaves(jax.eval_shape(DiT(cfg).init, jax.random.key(0),
                                                                  *dummy_inputs(cfg)))) / 2**20
   per_device = float(lines[1].split("params ")[1].split(" MiB")[0])

@@ -198,3 +198,18 @@ def test_sit_noise_level_target_is_t():
   d = obj.draw(jax.random.key(6), jnp.asarray(b["x"]), jnp.asarray(b["y"]))
   out = obj.losses(lambda p, x, y: jnp.zeros(x.shape[0]), None, jnp.asarray(b["x"]), d)
   np.testing.assert_allclose(np.asarray(out["loss"]), np.asarray(d.t) ** 2, rtol=1e-6)
+
+
+def test_learning_rate_schedules_warm_up_then_decay_to_the_end_factor():
+  oc = get_base_config().optimizer
+  oc.update(dict(learning_rate=1e-3, warmup_steps=10, end_learning_rate_factor=0.1))
+  for kind, mid in (("constant", 1e-3), ("linear", 0.55e-3), ("cosine", 0.55e-3)):
+    oc.schedule = kind
+    _, schedule = create_optimizer(oc, 110)
+    assert float(schedule(0)) == 0 and np.isclose(float(schedule(5)), 0.5e-3) and np.isclose(float(schedule(10)), 1e-3)
+    assert np.isclose(float(schedule(60)), mid) and np.isclose(float(schedule(110)), 1e-3 if kind == "constant" else 1e-4)
+  oc.update(dict(schedule="constant", warmup_steps=0, grad_clip_norm=1.0))
+  tx, _ = create_optimizer(oc, 10)
+  g = {"w": jnp.full((4,), 10.0)}  # global norm 20 -> clipped to 1 before AdamW: first moments = 0.1 * clipped
+  _, opt = tx.update(g, tx.init(g), g)
+  np.testing.assert_allclose(np.asarray(opt[1][0].mu["w"]), 0.1 * 10.0 / 20.0, rtol=1e-6)

@@ -20,7 +20,7 @@ from nag_jax.models import DiT
 from nag_jax.sharding import make_mesh
 from nag_jax.training import ConfigError, create_objective, get_base_config, loop, validate
 from nag_jax.training.config_validation import model_config_of
-from nag_jax.training.init_state import state_initializer
+from nag_jax.training.init_state import merge_label_table, state_initializer
 from nag_jax.training.input_pipeline import create_source
 
 jax.config.update("jax_threefry_partitionable", True)
@@ -238,6 +238,8 @@ def test_new_dataset_gets_fresh_class_rows_and_keeps_the_null_row(converted):
   assert table.shape == (6, 64) and np.array_equal(table[5], old[10]) and not np.isclose(table[:5], old[:5]).any()
   got, want = _flat(state.params), _flat(loaded)
   assert all(np.array_equal(got[k], want[k]) for k in want if "y_embedder" not in k)
+  no_null = merge_label_table(jnp.zeros((10, 2)), jnp.ones((11, 2)), 10, 10)  # same classes, no null row now
+  assert np.array_equal(no_null, np.ones((10, 2)))
 
 
 def test_noise_estimator_keeps_the_backbone_and_replaces_the_final_layer(converted):

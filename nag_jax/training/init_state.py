@@ -31,20 +31,30 @@ def build_model(model_config: ModelConfig, config: ml_collections.ConfigDict) ->
   return DiT(model_config), dummy_inputs(model_config)
 
 
-def merge_pretrained(fresh: dict, pretrained: dict, pretrained_config: ModelConfig) -> dict:
-  """`fresh` params with every pretrained leaf of the same path copied in.
+def merge_label_table(fresh: jax.Array, old: jax.Array, num_classes: int, old_num_classes: int) -> jax.Array:
+  """A label table for a fine-tune: class rows carry over for the same classes (else stay fresh, a new
+  dataset); the null-class row carries over when both tables have one, so the unconditional branch does."""
+  table = fresh
+  if num_classes == old_num_classes:
+    table = table.at[:num_classes].set(old[:num_classes])
+  if fresh.shape[0] == num_classes + 1 and old.shape[0] == old_num_classes + 1:
+    table = table.at[-1].set(old[-1])
+  return table
+
+
+def merge_pretrained(fresh: dict, pretrained: dict, num_classes: int, pretrained_num_classes: int) -> dict:
+  """`fresh` params with every pretrained leaf of the same path and shape copied in.
 
   Leaves only in `fresh` (the g_phi head) stay fresh; leaves only in `pretrained` (the final layer when
-  training g_phi) are dropped. A label table of another size (a new dataset) keeps its fresh class rows
-  and takes the pretrained null-class row, so the unconditional branch carries over.
+  training g_phi) are dropped; label tables of another size go through `merge_label_table`.
   """
   pre = traverse_util.flatten_dict(pretrained)
   out = {}
   for path, value in traverse_util.flatten_dict(fresh).items():
     if path not in pre or pre[path].shape == value.shape:
       out[path] = pre.get(path, value)
-    elif path[-1] == "embedding_table" and pre[path].shape[0] == pretrained_config.num_classes + 1:
-      out[path] = value.at[-1].set(pre[path][-1])
+    elif path[-1] == "embedding_table":
+      out[path] = merge_label_table(value, pre[path], num_classes, pretrained_num_classes)
     else:
       raise CheckpointError(f"pretrained {'/'.join(path)} has shape {pre[path].shape}, the model needs "
                             f"{value.shape}")
@@ -81,7 +91,8 @@ def state_initializer(config: ml_collections.ConfigDict, model_config: ModelConf
     pre_shardings = logical_shardings(
         jax.eval_shape(lambda: DiT(pre_config).init(init_key, *dummy_inputs(pre_config))["params"]), mesh)
     _, pretrained, _ = model_dir.load(config.init_from, shardings=pre_shardings)
-    merge = lambda k, pre: make_state(merge_pretrained(nn.meta.unbox(boxed_init(k)), pre, pre_config))
+    merge = lambda k, pre: make_state(merge_pretrained(nn.meta.unbox(boxed_init(k)), pre, model_config.num_classes,
+                                                       pre_config.num_classes))
     return jax.jit(merge, out_shardings=shardings)(init_key, pretrained)
 
   return initialize, abstract, schedule
