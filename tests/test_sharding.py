@@ -80,6 +80,18 @@ def test_optimizer_state_follows_the_params(boxed):
   assert adam.count.spec == P()
 
 
+def test_training_state_uses_the_same_optimizer_shardings(boxed):
+  from nag_jax.training import create_optimizer, get_base_config, init_state  # pylint: disable=import-outside-toplevel
+  config = get_base_config()
+  config.model.update(TINY.to_dict())
+  config.optimizer.grad_clip_norm = 1.0
+  mesh = abstract_mesh(2, 2, 2)
+  _, abstract, _ = init_state.state_initializer(config, TINY, mesh)
+  tx, _ = create_optimizer(config.optimizer, config.num_train_steps)
+  expected = sharding.optimizer_shardings(tx, nn.meta.unbox(boxed), sharding.logical_shardings(boxed, mesh))
+  assert jax.tree.map(lambda s: s.sharding, abstract.opt_state) == expected
+
+
 def test_bytes_per_device_counts_shards(boxed):
   params = nn.meta.unbox(boxed)
   total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
@@ -111,6 +123,7 @@ def test_single_process_needs_no_distributed_start():
     ({"NAG_COORDINATOR_ADDRESS": "10.0.0.1:1234", "NAG_NUM_PROCESSES": "2", "NAG_PROCESS_ID": "2"},
      r"process_id must be in \[0, num_processes\)"),
     ({"NAG_NUM_PROCESSES": "two"}, "num_processes must be an integer"),
+    ({"NAG_NUM_PROCESSES": "2", "NAG_PROCESS_ID": "0"}, "2 processes need a coordinator address"),
 ])
 def test_bad_distributed_setup_is_one_clear_error(environ, message):
   with pytest.raises(ValueError, match=message):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import sys
 import time
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
   wall, cpu = time.perf_counter(), time.process_time()
   results, pictures = experiment.run(dc, out, progress=not args.no_progress)
   results["total"] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+  results["machine"] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg()[0]}
   headline = report.write(out, results, pictures, command)
   print(headline)
   print(f"\nclassifier held-out accuracy {results['classifier']['test_accuracy']:.3f}; "

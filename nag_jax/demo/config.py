@@ -58,9 +58,9 @@ class DemoConfig:
   ema_decay: float = 0.995
   label_dropout: float = 0.1
   pseudo_level: float = 1.001
-  gphi_steps: int = 800
+  gphi_steps: int = 500
   gphi_learning_rate: float = 3e-4
-  classifier_steps: int = 800
+  classifier_steps: int = 600
   num_samples: int = 500
   num_seeds: int = 3
   runs: tuple[tuple[str, int], ...] = (("sde", 20), ("sde", 50), ("ode", 20), ("ode", 50))

@@ -107,19 +107,21 @@ def embedding_gap(time_scale: float, pseudo_level: float, t: float = 1.0) -> flo
 
 def branch_errors(model_config: ModelConfig, params: Any, x1: np.ndarray, y: np.ndarray, key: jax.Array,
                   times: tuple[float, ...], pseudo_level: float) -> dict[str, list[float]]:
-  """Velocity MSE on forward states at each SiT time t (1 = data): with t given, and with the pseudo level.
+  """Velocity MSE of the conditional ("cond") and pseudo-level ("pseudo") branch per SiT time t (1 = data).
 
-  A usable noise-unconditional branch predicts almost as well as the conditional one (the digits'
-  noise level is readable from x); a useless one is far worse.
+  "gap" is the mean squared difference of the two outputs, the direction NAG amplifies. A usable
+  noise-unconditional branch predicts almost as well as the conditional one (the digits' noise level is
+  readable from x) while staying a distinct function; an untrained one is far worse.
   """
   model, path = DiT(model_config), flow.create_transport("Linear").path
   apply = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
   x1, y = jnp.asarray(x1), jnp.asarray(y)
-  out = {"cond": [], "pseudo": []}
+  out = {"cond": [], "pseudo": [], "gap": []}
   for k, t in enumerate(times):
     noise = jax.random.normal(jax.random.fold_in(key, k), x1.shape)
     tt = jnp.full(x1.shape[:1], t, jnp.float32)
     x_t, u_t = path.plan(tt, noise, x1)
-    for name, level in (("cond", tt), ("pseudo", jnp.full_like(tt, pseudo_level))):
-      out[name].append(float(jnp.mean(jnp.square(apply(params, x_t, level, y) - u_t))))
+    cond, pseudo = apply(params, x_t, tt, y), apply(params, x_t, jnp.full_like(tt, pseudo_level), y)
+    for name, v in (("cond", cond - u_t), ("pseudo", pseudo - u_t), ("gap", cond - pseudo)):
+      out[name].append(float(jnp.mean(jnp.square(v))))
   return out

@@ -7,7 +7,7 @@ import pathlib
 import matplotlib
 import numpy as np
 
-from nag_jax.demo import findings
+from nag_jax.demo import findings, template
 from nag_jax.demo.config import DemoConfig, run_name
 from nag_jax.training.samples import grid, to_uint8
 
@@ -73,7 +73,7 @@ def branch_table(results: dict) -> str:
   rows = []
   for name, m in results["models"].items():
     b = m["branch"]
-    rows.append([name] + [f"{c:.3f} / {p:.3f}" for c, p in zip(b["cond"], b["pseudo"])])
+    rows.append([name] + [f"{c:.3f} / {p:.3f} / {g:.4f}" for c, p, g in zip(b["cond"], b["pseudo"], b["gap"])])
   times = next(iter(results["models"].values()))["branch"]["times"]
   return _table(["model"] + [f"t={t:g} (nu={1 - t:.2f})" for t in times], rows)
 
@@ -83,7 +83,7 @@ def shift_table(results: dict) -> str:
   reports = results["noise_shift"]
   first = next(iter(reports.values()))
   head = ["prior nu", "g_phi on forward: mean ± std", "unguided: shift vs prior / vs forward"] + [
-      f"NAG {w}: shift vs prior / vs forward" for w in reports]
+      f"NAG w={w[1:]}: shift vs prior / vs forward" for w in reports]
   rows = []
   for k, row in enumerate(first["selected"]):
     f, n = row["forward"], row["none"]
@@ -95,7 +95,8 @@ def shift_table(results: dict) -> str:
 
 
 def _panel_figure(panels: list[tuple[str, np.ndarray]], path: pathlib.Path, title: str) -> str:
-  fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.6 * 0.45 + 1.0), squeeze=False)
+  rows = -(-len(panels[0][1]) // 10)
+  fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 0.28 * rows + 0.9), squeeze=False)
   for ax, (label, x) in zip(axes[0], panels):
     ax.imshow(grid([to_uint8(x[i:i + 10]) for i in range(0, len(x), 10)]), interpolation="nearest")
     ax.set_title(label, fontsize=9)
@@ -142,7 +143,7 @@ def write(out: pathlib.Path, results: dict, pics: dict, command: str) -> str:
   files = pictures(out, dc, pics)
   shift_dir = pathlib.Path(next(iter(results["noise_shift"].values()))["dir"]).relative_to(out.absolute())
   head = headline(results)
-  md = findings.markdown(results, dc, command=command, headline=head, details=detail_table(results),
+  md = template.markdown(results, dc, command=command, headline=head, details=detail_table(results),
                          variants=variant_table(results), branches=branch_table(results),
                          shift=shift_table(results), sample_files=files, loss_file=loss_plot(out, results),
                          shift_dir=shift_dir.as_posix())

@@ -29,7 +29,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   count = _int_or_none("num_processes", num_processes, environ.get("NAG_NUM_PROCESSES"))
   index = _int_or_none("process_id", process_id, environ.get("NAG_PROCESS_ID"))
   auto = environ.get("NAG_DISTRIBUTED") == "auto" or int(environ.get("SLURM_NTASKS", "1")) > 1
-  if address is None and count in (None, 1) and not auto:
+  if address is None and not auto:
+    if count not in (None, 1):
+      raise ValueError(f"{count} processes need a coordinator address (NAG_COORDINATOR_ADDRESS=host:port), "
+                       "or NAG_DISTRIBUTED=auto on a TPU pod or SLURM job")
     return False
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if address is None:

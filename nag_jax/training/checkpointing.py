@@ -10,7 +10,6 @@ import pathlib
 from typing import Any
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 from nag_jax.checkpoints import CheckpointError

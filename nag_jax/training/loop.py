@@ -45,7 +45,7 @@ def flush_metrics(writer: Any, pending: list[tuple[int, dict]]) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, writer: Any = None,
           progress: Callable[[int], Any] | None = None) -> TrainState:
-  """Trains per `config` in `workdir` (checkpoints/, model/ export) and returns the final state.
+  """Trains per `config` in `workdir` (checkpoints/, model/ export of the EMA or g_phi) and returns the state.
 
   Resumes from the latest complete checkpoint in `workdir/checkpoints` (state and data order), so a run
   killed at any moment continues exactly. `writer` is a clu `MetricWriter` (scalars, sample grids);
@@ -93,7 +93,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
         writer.write_images(step, {"samples/top_plain_bottom_nag": grid[None]})
   finally:
     manager.wait_until_finished()  # an in-flight save of a checked state completes even on an error
-  if config.mode != "noise_estimator" and jax.process_count() == 1:
+  if jax.process_count() == 1:  # g_phi's export is read by checkpoints.model_dir.load_estimator
     model_dir.save(workdir / EXPORT_DIR, state.eval_params, model_config, overwrite=True,
-                   source=f"{workdir} step {int(state.step)} ({'EMA' if state.ema_params is not None else 'params'})")
+                   source=f"{config.mode} {workdir} step {int(state.step)} "
+                          f"({'EMA' if state.ema_params is not None else 'params'})")
   return state
