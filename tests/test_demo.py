@@ -54,7 +54,8 @@ def test_report_structure_and_pictures(quick_demo):
     assert f"| {label} |" in report and f"| {label} |" in stdout, label
   images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
   assert any("densities.png" in i for i in images) and any("shift_curves.png" in i for i in images)
-  assert sum(i.startswith("samples_") for i in images) == 2  # quick: SDE 20 and ODE 20
+  runs = json.loads((out / "results.json").read_text())["config"]["runs"]
+  assert sum(i.startswith("samples_") for i in images) == len(runs)
   for image in images:
     assert (out / image).is_file() and (out / image).read_bytes()[:4] == b"\x89PNG", image
 

@@ -107,6 +107,5 @@ def run_name(method: str, num_steps: int) -> str:
 
 FULL = DemoConfig()
 QUICK = dataclasses.replace(FULL, hidden_size=64, depth=2, train_steps=200, ema_decay=0.98, gphi_steps=100,
-                            classifier_steps=300, num_samples=200,
-                            runs=(("sde", 20), ("ode", 20)), variant_runs=(("sde", 20),), shift_samples=64,
-                            shift_t=(0.7, 0.5, 0.3), shift_nag=(1.0,), grid_per_class=4)
+                            classifier_steps=250, num_samples=200, runs=(("sde", 20),), variant_runs=(("sde", 20),),
+                            shift_samples=64, shift_t=(0.7, 0.5, 0.3), shift_nag=(1.0,), grid_per_class=4)

@@ -140,16 +140,15 @@ def run(dc: DemoConfig, out: pathlib.Path, *, progress: bool = True) -> tuple[di
   for v in dc.variants:
     with timer(f"train {v.name}"):
       model_config, params, losses = models.train_variant(dc, v, out / "runs" / v.name, progress=progress)
+      branch = models.branch_errors(model_config, params, images[:512], labels[:512], jax.random.fold_in(key, 3),
+                                    BRANCH_TIMES, dc.pseudo_level)
     trained[v.name] = (model_config, params)
-    branch = models.branch_errors(model_config, params, images[:512], labels[:512], jax.random.fold_in(key, 3),
-                                  BRANCH_TIMES, dc.pseudo_level)
     results["models"][v.name] = {
         "label": v.label, "time_scale": v.time_scale, "noise_dropout": v.noise_dropout,
         "params": int(sum(p.size for p in jax.tree.leaves(params))), "losses": losses,
         "embedding_gap": models.embedding_gap(v.time_scale, dc.pseudo_level),
         "branch": {"times": list(BRANCH_TIMES), **branch}}
-  jobs = len(dc.runs) * len(dc.settings) + sum(
-      len(dc.variant_runs) * len(dc.variant_settings) for v in dc.variants[1:])
+  jobs = len(dc.runs) * len(dc.settings) + (len(dc.variants) - 1) * len(dc.variant_runs) * len(dc.variant_settings)
   with timer("sampling + metrics"), tqdm.tqdm(total=jobs * dc.num_seeds, unit="run", disable=not progress,
                                                leave=False) as bar:
     grid = Grid(dc, evaluator, bar)

@@ -91,8 +91,12 @@ def variant_bullets(results: dict, dc: DemoConfig) -> list[str]:
                f"t={times[end]:g}; the time features of 1.001 and 1 differ by {m['embedding_gap']:.2%}.")
   best = min((v for v in dc.variants if v.noise_dropout > 0), key=lambda v: gains[v.name])
   rest = ", ".join(f"{v.name} {_pct(gains[v.name])}" for v in dc.variants if v is not best)
-  out.append(f"Verdict: {best.name} ({best.label}) learns the more usable noise-unconditional branch: best NAG "
-             f"change {_pct(gains[best.name])} at {r}, vs {rest}.")
+  if gains[best.name] > -0.05:
+    out.append(f"Verdict: no variant shows a NAG gain of 5% at {r} at this training budget (best "
+               f"{best.name} {_pct(gains[best.name])}, {rest}).")
+  else:
+    out.append(f"Verdict: {best.name} ({best.label}) learns the more usable noise-unconditional branch: best NAG "
+               f"change {_pct(gains[best.name])} at {r}, vs {rest}.")
   return out
 
 

@@ -53,7 +53,7 @@ Noise shift (SDE {dc.shift_steps} steps, {next(iter(results['noise_shift'].value
 - Samplers (`build_sampler`, one compile per configuration): SDE = Euler-Maruyama with SiT's defaults
   (w_t = sigma_t, last "Mean" step of 0.04), N grid points; ODE = Euler on N grid points (N - 1 steps).
   Seed i fixes the initial noise and the SDE noises of every setting; labels cycle 0..9.
-- Metrics: a CNN classifier trained on {c['train_size']} real digits, held-out accuracy
+- Metrics: an MLP classifier trained on {c['train_size']} real digits, held-out accuracy
   **{c['test_accuracy']:.3f}** on {c['test_size']}; FD on its {c['feature_dim']}-d feature layer against all real digits;
   precision / recall (k = 3); class accuracy = the classifier agrees with the sampled label.
 - g_phi: the main model's backbone with a noise-level head, fine-tuned {dc.gphi_steps} steps (`mode="noise_estimator"`).
