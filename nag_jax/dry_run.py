@@ -56,7 +56,7 @@ def report(args: argparse.Namespace) -> dict:
          "param_bytes": sharding.bytes_per_device(abstract.params),
          "ema_bytes": sharding.bytes_per_device(abstract.ema_params),
          "opt_bytes": sharding.bytes_per_device(abstract.opt_state)}
-  name = args.model + (f" with {model_cfg.depth} blocks" if args.depth else "")
+  name = args.model + (f" at depth {model_cfg.depth}" if args.depth else "")
   print(f"{name} ({n_params / 1e6:.1f}M params, {args.dtype} compute), global batch {c.global_batch_size} "
         f"(x{c.optimizer.accumulation_steps} accumulation), {mesh.size} devices, mesh {out['mesh']}")
   print(f"  per device: params {out['param_bytes'] / MIB:.1f} MiB, EMA {out['ema_bytes'] / MIB:.1f} MiB, "
@@ -88,7 +88,7 @@ def report(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m nag_jax.dry_run", description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default="DiT-XL/2", help="registry name, e.g. DiT-XL/2 or SiT-B/4")
   parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices (0: this machine's)")
   parser.add_argument("--mesh", default="data=-1", help="axis sizes, e.g. 'data=2,fsdp=-1' (-1 fills)")

@@ -60,7 +60,7 @@ def test_cli_trains_logs_samples_checkpoints_and_exports(tmp_path):
     ("--config.objective.noise_dropout=1.0", "objective.noise_dropout must be in [0, 1), got 1.0"),
     ("--config.objective.label_dropout=-0.1", "objective.label_dropout must be in [0, 1), got -0.1"),
     ("--config.optimizer.accumulation_steps=3", "global_batch_size 16 must be divisible by accumulation_steps"),
-    ("--config.objective.pseudo_level=500.0", "objective.pseudo_level must be outside the trained range"),
+    ("--config.objective.pseudo_level=0.5", "objective.pseudo_level must be outside the trained range [0.0, 1.0] of sit"),
     ("--config.mode=finetune", "init_from must name a converted model directory in mode 'finetune'"),
     ("--config.data.kind=imagenet", "data.kind must be one of"),
 ])

@@ -3,7 +3,9 @@
 The 8 devices need XLA_FLAGS before JAX starts, so this file re-runs itself as a subprocess (the
 `__main__` part), which writes its results to an npz that the tests read.
 """
+import fcntl
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -22,15 +24,21 @@ SAMPLERS = {"sit": "sde", "dit": "ddpm"}  # NAG + CFG, 4 steps
 TRAIN_STEPS = 2
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def results(tmp_path_factory):
-  out = tmp_path_factory.mktemp("mesh") / "results.npz"
-  # Optimisation level 0 halves XLA's CPU compile time; every mesh is compiled the same way.
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
-  proc = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True,
-                        timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  # Computed once per test run, also when pytest-xdist spreads these tests over several workers.
+  xdist = os.environ.get("PYTEST_XDIST_WORKER")
+  shared = tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()
+  out = shared / "mesh_invariance.npz"
+  with open(shared / "mesh_invariance.lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not out.exists():
+      # Optimisation level 0 halves XLA's CPU compile time; every mesh is compiled the same way.
+      env = {**os.environ, "JAX_PLATFORMS": "cpu",
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
+      proc = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True,
+                            timeout=600, check=False)
+      assert proc.returncode == 0, proc.stderr[-4000:]
   with np.load(out) as f:
     return dict(f)
 
@@ -176,8 +184,10 @@ def _child(out_path):
       per_device[s.device] += s.data.nbytes
   results["dit_b2/total_bytes"] = np.asarray(sum(leaf.nbytes for leaf in jax.tree.leaves(state)))
   results["dit_b2/per_device_bytes"] = np.asarray(list(per_device.values()))
-  np.savez(out_path, **results)
+  tmp = out_path.with_suffix(".tmp.npz")
+  np.savez(tmp, **results)
+  tmp.rename(out_path)
 
 
 if __name__ == "__main__":
-  _child(sys.argv[1])
+  _child(pathlib.Path(sys.argv[1]))

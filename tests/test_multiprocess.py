@@ -1,6 +1,7 @@
 """Two local processes (jax.distributed over 127.0.0.1, gloo CPU collectives) train and sample a tiny SiT
 exactly as one process does: same parameters after the steps, same samples, written without collisions.
 """
+import fcntl
 import os
 import pathlib
 import socket
@@ -24,34 +25,44 @@ def _free_port() -> int:
 def _start(out: pathlib.Path, num_processes: int, process_id: int, port: int) -> subprocess.Popen:
   out.mkdir(parents=True, exist_ok=True)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  return subprocess.Popen([sys.executable, str(WORKER), str(out), str(num_processes), str(process_id), str(port)],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  with open(out / f"log_{process_id}.txt", "w", encoding="utf-8") as log:
+    return subprocess.Popen([sys.executable, str(WORKER), str(out), str(num_processes), str(process_id),
+                             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("multiprocess")
-  port = _free_port()
-  procs = {"reference": _start(root / "reference", 1, 0, port)}
-  procs.update({f"process {i}": _start(root / "two", 2, i, port) for i in range(2)})
-  try:
-    logs = {name: p.communicate(timeout=150)[0] for name, p in procs.items()}
-  finally:
-    for p in procs.values():
-      if p.poll() is None:
-        p.kill()
-  for name, p in procs.items():
-    assert p.returncode == 0, f"{name} failed:\n{logs[name][-3000:]}"
-  return root, logs
+  """Folders of the one-process reference run and the two-process run (run once, also under xdist)."""
+  xdist = os.environ.get("PYTEST_XDIST_WORKER")
+  root = (tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()) / "multiprocess"
+  root.mkdir(exist_ok=True)
+  with open(root / "lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / "done").exists():
+      port = _free_port()
+      procs = {"reference": _start(root / "reference", 1, 0, port)}
+      procs.update({f"process {i}": _start(root / "two", 2, i, port) for i in range(2)})
+      try:
+        for p in procs.values():
+          p.wait(timeout=150)
+      finally:
+        for p in procs.values():
+          if p.poll() is None:
+            p.kill()
+      failed = [name for name, p in procs.items() if p.returncode != 0]
+      logs = "\n".join(f"--- {log}\n{log.read_text()[-2000:]}" for log in sorted(root.glob("*/log_*.txt")))
+      assert not failed, f"{failed} failed:\n{logs}"
+      (root / "done").touch()
+  return root
 
 
 def test_both_processes_took_part(runs):
-  _, logs = runs
-  assert "rows 0:4 done" in logs["process 0"] and "rows 4:8 done" in logs["process 1"]
+  assert "process 0 of 2: rows 0:4 done" in (runs / "two" / "log_0.txt").read_text()
+  assert "process 1 of 2: rows 4:8 done" in (runs / "two" / "log_1.txt").read_text()
 
 
 def test_two_processes_train_like_one(runs):
-  root, _ = runs
+  root = runs
   with np.load(root / "reference" / "params.npz") as ref, np.load(root / "two" / "params.npz") as two:
     assert set(ref) == set(two)
     diff = max(float(np.abs(ref[k] - two[k]).max()) for k in ref)
@@ -60,7 +71,7 @@ def test_two_processes_train_like_one(runs):
 
 
 def test_two_processes_sample_like_one_without_collisions(runs):
-  root, _ = runs
+  root = runs
   # One file per block of rows (data x fsdp = 4 blocks of 2), each written by exactly one device.
   parts = sorted(p.name for p in (root / "two" / "samples" / "parts").iterdir())
   assert parts == [writer.part_path(pathlib.Path(), 0, start).name for start in (0, 2, 4, 6)]

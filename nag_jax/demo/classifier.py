@@ -1,11 +1,13 @@
-"""A small Flax MLP digit classifier: its feature layer is the demo's FID space, its logits score labels.
+"""Small Flax digit classifiers: their feature layer is the demo's FID space, their logits score labels.
 
 Inception features mean nothing on 16x16 digits, so the Fréchet distance, precision and recall are
-computed on the 128-d feature layer of this network, trained on 80% of the real images.
+computed on the 128-d feature layer of a CNN trained on 80% of the real images. An MLP of the same
+feature width gives a second, pixel-global feature space to check how much the FD depends on the features.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -15,18 +17,22 @@ import optax
 import tqdm
 
 FEATURES = 128
+KINDS = ("cnn", "mlp")
 
 
 class DigitClassifier(nn.Module):
-  """256 -> 256 -> 128 (ReLU feature layer) -> 10 logits on flattened (B, 16, 16, 1) images in [-1, 1].
-
-  An MLP rather than a CNN: as accurate on these digits (about 97% held out) and a third of the CPU time.
-  """
+  """cnn: two 3x3 conv + 2x2 pool stages; mlp: one 256-wide layer; then 128-d ReLU features, 10 logits."""
+  kind: str = "cnn"
   num_classes: int = 10
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-    x = nn.relu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
+    if self.kind == "cnn":
+      for width in (32, 64):
+        x = nn.avg_pool(nn.relu(nn.Conv(width, (3, 3))(x)), (2, 2), strides=(2, 2))
+    x = x.reshape(x.shape[0], -1)
+    if self.kind == "mlp":
+      x = nn.relu(nn.Dense(256)(x))
     features = nn.relu(nn.Dense(FEATURES)(x))
     return {"features": features, "logits": nn.Dense(self.num_classes)(features)}
 
@@ -38,17 +44,23 @@ def split(num: int, key: jax.Array, test_fraction: float = 0.2) -> tuple[np.ndar
   return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def apply_fn(params: Any, x: jax.Array) -> dict[str, jax.Array]:
-  """Features and logits of a batch (the `fn` that `evaluation.features.extract_features` maps)."""
-  return DigitClassifier().apply({"params": params}, x)
+def _apply(kind: str, params: Any, x: jax.Array) -> dict[str, jax.Array]:
+  return DigitClassifier(kind).apply({"params": params}, x)
 
 
-def train(images: np.ndarray, labels: np.ndarray, key: jax.Array, *, steps: int, batch_size: int = 128,
-          learning_rate: float = 1e-3, progress: bool = True) -> Any:
+def apply_fn(kind: str) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
+  """fn(params, images) -> {"features", "logits"}, the `fn` that `evaluation.features.extract_features` maps."""
+  if kind not in KINDS:
+    raise ValueError(f"classifier kind must be one of {KINDS}, got {kind!r}")
+  return functools.partial(_apply, kind)
+
+
+def train(kind: str, images: np.ndarray, labels: np.ndarray, key: jax.Array, *, steps: int,
+          batch_size: int = 128, learning_rate: float = 1e-3, progress: bool = True) -> Any:
   """Adam on softmax cross-entropy with light Gaussian input noise (robustness to sample noise)."""
   init_key, data_key = jax.random.split(key)
-  tx = optax.adam(learning_rate)
-  params = jax.jit(DigitClassifier().init)(init_key, jnp.zeros((1, *images.shape[1:])))["params"]
+  apply, tx = apply_fn(kind), optax.adam(learning_rate)
+  params = jax.jit(DigitClassifier(kind).init)(init_key, jnp.zeros((1, *images.shape[1:])))["params"]
   opt_state = jax.jit(tx.init)(params)
   x_all, y_all = jnp.asarray(images), jnp.asarray(labels)
 
@@ -58,13 +70,13 @@ def train(images: np.ndarray, labels: np.ndarray, key: jax.Array, *, steps: int,
     idx = jax.random.randint(k_idx, (batch_size,), 0, x_all.shape[0])
     x = x_all[idx] + 0.05 * jax.random.normal(k_noise, (batch_size, *x_all.shape[1:]))
     def loss_fn(p):
-      logits = apply_fn(p, x)["logits"]
+      logits = apply(p, x)["logits"]
       return optax.softmax_cross_entropy_with_integer_labels(logits, y_all[idx]).mean()
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  bar = tqdm.trange(steps, desc="classifier", disable=not progress, leave=False)
+  bar = tqdm.trange(steps, desc=f"classifier ({kind})", disable=not progress, leave=False)
   for i in bar:
     params, opt_state, loss = step(params, opt_state, jax.random.fold_in(data_key, i))
     if i % 100 == 0:

@@ -23,7 +23,7 @@ from nag_jax.evaluation import fid, precision_recall
 from nag_jax.evaluation.features import extract_features
 from nag_jax.sampling.pipeline import build_sampler
 
-METRICS = ("fd", "accuracy", "precision", "recall")
+METRICS = ("fd", "fd_mlp", "accuracy", "precision", "recall")
 BRANCH_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99)  # SiT time, 1 = data
 
 
@@ -41,22 +41,30 @@ class Timer:
 
 
 class Evaluator:
-  """Classifier features of all real digits (the reference) and the metrics of a set of samples."""
+  """Classifier features of all real digits (the reference) and the metrics of a set of samples.
 
-  def __init__(self, params: Any, real: np.ndarray):
-    self.params = params
-    self.reference = self.features(real)["features"]
-    self.stats = fid.compute_statistics(self.reference)
+  FD, precision / recall (k = 3) and class accuracy use the CNN; "fd_mlp" is the FD in the MLP's features.
+  """
 
-  def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    return extract_features(classifier.apply_fn, self.params, images, batch_size=500, progress=False)
+  def __init__(self, params: dict[str, Any], real: np.ndarray):
+    self.params, self.fns = params, {k: classifier.apply_fn(k) for k in params}
+    self.reference = {k: self.features(k, real)["features"] for k in params}
+    self.stats = {k: fid.compute_statistics(f) for k, f in self.reference.items()}
+    self.radii = precision_recall.manifold_radii(self.reference["cnn"])
+
+  def features(self, kind: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    return extract_features(self.fns[kind], self.params[kind], images, batch_size=500, progress=False)
+
+  def _fd(self, kind: str, features: np.ndarray) -> float:
+    return fid.frechet_distance(*fid.compute_statistics(features), *self.stats[kind])
 
   def __call__(self, images: np.ndarray, labels: np.ndarray, pr: bool = True) -> dict[str, float]:
-    out = self.features(images)
-    m = {"fd": fid.frechet_distance(*fid.compute_statistics(out["features"]), *self.stats),
-         "accuracy": classifier.accuracy(out["logits"], labels)}
+    cnn = self.features("cnn", images)
+    m = {"fd": self._fd("cnn", cnn["features"]), "fd_mlp": self._fd("mlp", self.features("mlp", images)["features"]),
+         "accuracy": classifier.accuracy(cnn["logits"], labels)}
     if pr:
-      m["precision"], m["recall"] = precision_recall.precision_recall(self.reference, out["features"])
+      m["precision"], m["recall"] = precision_recall.precision_recall(self.reference["cnn"], cnn["features"],
+                                                                      reference_radii=self.radii)
     return m
 
 
@@ -91,13 +99,12 @@ class Grid:
 
 def real_baseline(dc: DemoConfig, evaluator: Evaluator, images: np.ndarray, labels: np.ndarray) -> dict:
   """FD and classifier accuracy of random real subsets of the sample size (the floor at this N)."""
-  out = {"fd": [], "accuracy": []}
+  out = {"fd": [], "fd_mlp": [], "accuracy": []}
   for i in range(dc.num_seeds):
     idx = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(dc.seed), 2000 + i),
                                             len(images)))[:dc.num_samples]
-    m = evaluator(images[idx], labels[idx], pr=False)
-    out["fd"].append(m["fd"])
-    out["accuracy"].append(m["accuracy"])
+    for k, v in evaluator(images[idx], labels[idx], pr=False).items():
+      out[k].append(v)
   return out
 
 
@@ -128,11 +135,11 @@ def run(dc: DemoConfig, out: pathlib.Path, *, progress: bool = True) -> tuple[di
   results: dict[str, Any] = {"config": dataclasses.asdict(dc), "models": {}, "grid": {}}
   with timer("classifier"):
     train_idx, test_idx = classifier.split(len(images), jax.random.fold_in(key, 1))
-    clf = classifier.train(images[train_idx], labels[train_idx], jax.random.fold_in(key, 2),
-                           steps=dc.classifier_steps, progress=progress)
+    clf = {k: classifier.train(k, images[train_idx], labels[train_idx], jax.random.fold_in(key, 2),
+                               steps=dc.classifier_steps, progress=progress) for k in classifier.KINDS}
     evaluator = Evaluator(clf, images)
-    test_logits = evaluator.features(images[test_idx])["logits"]
-    results["classifier"] = {"test_accuracy": classifier.accuracy(test_logits, labels[test_idx]),
+    acc = {k: classifier.accuracy(evaluator.features(k, images[test_idx])["logits"], labels[test_idx]) for k in clf}
+    results["classifier"] = {"test_accuracy": acc["cnn"], "test_accuracy_mlp": acc["mlp"],
                              "train_size": len(train_idx), "test_size": len(test_idx),
                              "feature_dim": classifier.FEATURES}
     results["real"] = real_baseline(dc, evaluator, images, labels)

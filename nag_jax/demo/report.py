@@ -41,18 +41,18 @@ def headline(results: dict) -> str:
   rows = [[s.label] + [_fd_cell(main[r][s.name], None if s.name == "none" else main[r]["none"]) for r in runs]
           for s in dc.settings]
   real = f"{mean_std(results['real']['fd'])} ({dc.num_samples} real digits vs all 1,797)"
-  note = (f"Fréchet distance in the classifier's {results['classifier']['feature_dim']}-d feature space, "
+  note = (f"Fréchet distance in the CNN classifier's {results['classifier']['feature_dim']}-d feature space, "
           f"{dc.num_samples} samples x {dc.num_seeds} seeds (mean ± std); floor: {real}")
   return _table(["setting"] + runs, rows) + "\n\n" + note
 
 
 def detail_table(results: dict) -> str:
   dc, main = DemoConfig.from_dict(results["config"]), results["grid"]["main"]
-  rows = [[r, s.label] + [mean_std(main[r][s.name][m]) for m in ("fd", "precision", "recall", "accuracy")]
-          for r in main for s in dc.settings]
-  rows.append(["real", f"{dc.num_samples} digits", mean_std(results["real"]["fd"]), "—", "—",
-               mean_std(results["real"]["accuracy"])])
-  return _table(["sampler", "setting", "FD", "precision", "recall", "class accuracy"], rows)
+  metrics = ("fd", "fd_mlp", "precision", "recall", "accuracy")
+  rows = [[r, s.label] + [mean_std(main[r][s.name][m]) for m in metrics] for r in main for s in dc.settings]
+  real = results["real"]
+  rows.append(["real", f"{dc.num_samples} digits"] + [mean_std(real[m]) if m in real else "—" for m in metrics])
+  return _table(["sampler", "setting", "FD (CNN)", "FD (MLP)", "precision", "recall", "class accuracy"], rows)
 
 
 def variant_table(results: dict) -> str:

@@ -19,7 +19,7 @@ def markdown(results: dict, dc: DemoConfig, *, command: str, headline: str, deta
 process (all threads) on {results['machine']['cpus']} CPU cores (1-minute load average at the end:
 {results['machine']['load_avg']:.1f}). Everything below was measured in this run.
 
-## Headline: Fréchet distance (lower is better), main model
+## Headline: Fréchet distance (CNN features, lower is better), main model
 
 {headline}
 
@@ -32,6 +32,10 @@ NAG alone (w in {{1, 2}}) against the unguided sampler at the same steps:
 CFG and NAG + CFG:
 
 {bullets(findings.cfg_bullets(results, dc))}
+
+The same samples in two feature spaces:
+
+{bullets(findings.feature_bullets(results, dc))}
 
 Time scaling and noise-condition dropout ({run_name(*dc.variant_runs[0])}):
 
@@ -53,9 +57,11 @@ Noise shift (SDE {dc.shift_steps} steps, {next(iter(results['noise_shift'].value
 - Samplers (`build_sampler`, one compile per configuration): SDE = Euler-Maruyama with SiT's defaults
   (w_t = sigma_t, last "Mean" step of 0.04), N grid points; ODE = Euler on N grid points (N - 1 steps).
   Seed i fixes the initial noise and the SDE noises of every setting; labels cycle 0..9.
-- Metrics: an MLP classifier trained on {c['train_size']} real digits, held-out accuracy
-  **{c['test_accuracy']:.3f}** on {c['test_size']}; FD on its {c['feature_dim']}-d feature layer against all real digits;
-  precision / recall (k = 3); class accuracy = the classifier agrees with the sampled label.
+- Metrics: a small CNN classifier trained on {c['train_size']} real digits, held-out accuracy
+  **{c['test_accuracy']:.3f}** on {c['test_size']}; FD on its {c['feature_dim']}-d feature layer against all real digits
+  (the headline); precision / recall (k = 3) in the same features; class accuracy = the CNN agrees with the
+  sampled label. A second FD uses the {c['feature_dim']}-d features of an MLP classifier (held-out accuracy
+  {c['test_accuracy_mlp']:.3f}).
 - g_phi: the main model's backbone with a noise-level head, fine-tuned {dc.gphi_steps} steps (`mode="noise_estimator"`).
 
 ## All metrics (main model)

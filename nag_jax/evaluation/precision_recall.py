@@ -55,14 +55,18 @@ def manifold_radii(features: np.ndarray, k: int = 3, block_size: int = 1000) -> 
   return _blocked(functools.partial(_kth_dist, k=k), f, block_size, jnp.asarray(f))
 
 
-def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3,
-                     block_size: int = 1000) -> tuple[float, float]:
-  """(precision, recall) of `samples` against `reference`, both (N, D) feature arrays."""
+def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3, block_size: int = 1000,
+                     reference_radii: np.ndarray | None = None) -> tuple[float, float]:
+  """(precision, recall) of `samples` against `reference`, both (N, D) feature arrays.
+
+  `reference_radii` (`manifold_radii(reference, k)`) saves recomputing them when one reference is reused.
+  """
   ref = _as_features(reference, "reference", k)
   smp = _as_features(samples, "sample", k)
   if ref.shape[1] != smp.shape[1]:
     raise ValueError(f"feature dimensions differ: reference {ref.shape[1]}, samples {smp.shape[1]}")
-  ref_radii = manifold_radii(ref, k, block_size)
+  ref_radii = (manifold_radii(ref, k, block_size) if reference_radii is None
+               else np.asarray(reference_radii, np.float32))
   smp_radii = manifold_radii(smp, k, block_size)
   precision = _blocked(_covered, smp, block_size, jnp.asarray(ref), jnp.asarray(ref_radii))
   recall = _blocked(_covered, ref, block_size, jnp.asarray(smp), jnp.asarray(smp_radii))

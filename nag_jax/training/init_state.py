@@ -42,19 +42,23 @@ def merge_label_table(fresh: jax.Array, old: jax.Array, num_classes: int, old_nu
   return table
 
 
-def merge_pretrained(fresh: dict, pretrained: dict, num_classes: int, pretrained_num_classes: int) -> dict:
+def merge_pretrained(fresh: dict, pretrained: dict, pretrained_config: ModelConfig,
+                     num_classes: int | None = None) -> dict:
   """`fresh` params with every pretrained leaf of the same path and shape copied in.
 
   Leaves only in `fresh` (the g_phi head) stay fresh; leaves only in `pretrained` (the final layer when
-  training g_phi) are dropped; label tables of another size go through `merge_label_table`.
+  training g_phi) are dropped; label tables of another size go through `merge_label_table`, with
+  `num_classes` the new model's class count (default: the pretrained one's).
   """
+  old_classes = pretrained_config.num_classes
   pre = traverse_util.flatten_dict(pretrained)
   out = {}
   for path, value in traverse_util.flatten_dict(fresh).items():
     if path not in pre or pre[path].shape == value.shape:
       out[path] = pre.get(path, value)
     elif path[-1] == "embedding_table":
-      out[path] = merge_label_table(value, pre[path], num_classes, pretrained_num_classes)
+      out[path] = merge_label_table(value, pre[path], old_classes if num_classes is None else num_classes,
+                                    old_classes)
     else:
       raise CheckpointError(f"pretrained {'/'.join(path)} has shape {pre[path].shape}, the model needs "
                             f"{value.shape}")
@@ -91,8 +95,8 @@ def state_initializer(config: ml_collections.ConfigDict, model_config: ModelConf
     pre_shardings = logical_shardings(
         jax.eval_shape(lambda: DiT(pre_config).init(init_key, *dummy_inputs(pre_config))["params"]), mesh)
     _, pretrained, _ = model_dir.load(config.init_from, shardings=pre_shardings)
-    merge = lambda k, pre: make_state(merge_pretrained(nn.meta.unbox(boxed_init(k)), pre, model_config.num_classes,
-                                                       pre_config.num_classes))
+    merge = lambda k, pre: make_state(merge_pretrained(nn.meta.unbox(boxed_init(k)), pre, pre_config,
+                                                       model_config.num_classes))
     return jax.jit(merge, out_shardings=shardings)(init_key, pretrained)
 
   return initialize, abstract, schedule

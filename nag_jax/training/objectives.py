@@ -17,7 +17,6 @@ from nag_jax import diffusion as gd
 from nag_jax import flow
 from nag_jax.models.config import ModelConfig
 
-KINDS = ("diffusion", "flow", "noise_level")
 # apply(params, x, t, y) for DiT/SiT; apply(params, x, y) for the noise estimator.
 ApplyFn = Callable[..., jax.Array]
 
@@ -40,7 +39,7 @@ jax.tree_util.register_dataclass(Draws, data_fields=[f.name for f in dataclasses
 @dataclasses.dataclass(frozen=True, eq=False)
 class Objective:
   """Static description of the loss; hashed by identity so it can close over a jitted step."""
-  kind: str
+  kind: str  # "diffusion" (DiT eps + VB), "flow" (SiT velocity) or "noise_level" (g_phi)
   family: str
   null_class: int
   pseudo_level: float
