@@ -161,7 +161,7 @@ def _child(out_path):
       denoise = make_denoise(Branched(apply, params, model_cfg.null_class, 4), labels, guidance,
                              frozenset({"cfg", "nag"}), model_cfg.pseudo_level)
       xs = sharding.batch_sharding(mesh, 4)
-      jax.jit(lambda x, t: denoise(x, t), in_shardings=(xs, sharding.batch_sharding(mesh))).lower(
+      jax.jit(denoise, in_shardings=(xs, sharding.batch_sharding(mesh))).lower(
           jax.ShapeDtypeStruct((BATCH, 8, 8, 4), jnp.float32), jax.ShapeDtypeStruct((BATCH,), jnp.float32)).compile()
       results[f"branch_rows/{name}"] = np.asarray(seen[-1])
 
