@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 from absl import app, logging
 from ml_collections import config_flags
 
@@ -21,7 +22,7 @@ from nag_jax import checkpoints
 from nag_jax.sampling import writer
 from nag_jax.sampling.config import to_dataclasses
 from nag_jax.sampling.pipeline import build_sampler
-from nag_jax.sharding import batch_sharding, make_mesh
+from nag_jax.sharding import batch_sharding, make_mesh, multihost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "sampling config file (configs/sample_*.py)",
                                           lock_config=True)
@@ -73,10 +74,9 @@ def run(c) -> pathlib.Path:
       out = sample(params, jax.random.fold_in(key_samples, b), jax.device_put(labels, sharding),
                    decoder_params, estimator_params=estimator_params)
       images = out["images"] if decode is not None else out["latents"]
-      for shard in images.addressable_shards:
-        sl = shard.index[0]
-        start = sl.start or 0
-        writer.write_part(out_dir, b, b * c.batch_size + start, np.asarray(shard.data), labels[sl])
+      for rows, data in multihost.owned_shards(images):  # each row once in the whole run
+        writer.write_part(out_dir, b, b * c.batch_size + (rows.start or 0), data, labels[rows])
+  multihost_utils.sync_global_devices("nag_jax.sample: all parts written")
   if jax.process_index() == 0:
     finish(c, out_dir, decode is not None, model_cfg)
   return out_dir
@@ -102,6 +102,7 @@ def finish(c, out_dir: pathlib.Path, decoded: bool, model_cfg) -> None:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-file INFO lines out of the progress bar
+  multihost.initialize()
   jax.config.update("jax_threefry_partitionable", True)
   try:
     run(_CONFIG.value)

@@ -61,13 +61,9 @@ def test_samples_do_not_depend_on_the_mesh(results):
   assert max(_max_diffs(results, "dit").values()) <= 1e-4
 
 
-# XLA (CPU, jax 0.10.2) mis-partitions the DiT block's backward pass when fsdp splits both the batch and
-# the weights and tensor splits the hidden units (wrong gradients, up to 100%); pinning the block's
-# activations with nag_jax.sharding.constrain fixes it. Strict: this fails once models/dit.py does that.
-_UNPINNED = pytest.mark.xfail(strict=True, reason="DiTBlock activations not yet pinned (see comment)")
-
-
-@pytest.mark.parametrize("mesh", [m if m != "2 x 2 x 2" else pytest.param(m, marks=_UNPINNED) for m in MESHES])
+# XLA (CPU, jax 0.10.2) mis-partitions the DiT block's backward pass on the 2 x 2 x 2 mesh unless the
+# block's activations are pinned (nag_jax.sharding.constrain in models/dit.py): this case guards that.
+@pytest.mark.parametrize("mesh", MESHES)
 def test_train_steps_do_not_depend_on_the_mesh(results, mesh):
   ref = {k: v for k, v in results.items() if k.startswith("train/1/")}
   moved = max(float(np.abs(v - results[k.replace("/params/", "/init/")]).max())

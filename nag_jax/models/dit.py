@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from nag_jax.models import initializers as init
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+from nag_jax.sharding import constrain
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -58,15 +59,19 @@ class DiTBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     d = self.hidden_size
+    tokens = ("batch", "length", "act_embed")
+    x, c = constrain(x, *tokens), constrain(c, "batch", "act_embed")
     mod = dense(6 * d, ("embed", "mlp"), self.dtype, kernel_init=init.zeros,
                 name="adaLN_modulation")(nn.silu(c))
+    mod = constrain(mod, "batch", "act_embed")
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
     h = Attention(d, self.num_heads, self.dtype, name="attn")(modulate(layer_norm(x), shift_msa, scale_msa))
-    x = x + gate_msa[:, None] * h
+    x = x + gate_msa[:, None] * constrain(h, *tokens)
     h = modulate(layer_norm(x), shift_mlp, scale_mlp)
-    h = dense(int(d * self.mlp_ratio), ("embed", "mlp"), self.dtype, name="fc1")(h)
-    h = dense(d, ("mlp", "embed"), self.dtype, name="fc2")(nn.gelu(h, approximate=True))
-    return x + gate_mlp[:, None] * h
+    h = constrain(dense(int(d * self.mlp_ratio), ("embed", "mlp"), self.dtype, name="fc1")(h),
+                  "batch", "length", "mlp")
+    h = constrain(dense(d, ("mlp", "embed"), self.dtype, name="fc2")(nn.gelu(h, approximate=True)), *tokens)
+    return constrain(x + gate_mlp[:, None] * h, *tokens)
 
 
 class FinalLayer(nn.Module):
