@@ -7,7 +7,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from nag_jax import data
-from nag_jax.sharding import batch_sharding
+from nag_jax.sharding import batch_sharding, multihost
 
 
 def create_source(dc: ml_collections.ConfigDict):
@@ -33,11 +33,12 @@ def check_source(source, model_config) -> None:
     raise ValueError(f"the data has {source.num_classes} classes but the model only {model_config.num_classes}")
 
 
-def create_iterator(config: ml_collections.ConfigDict, source):
-  """This process's checkpointable iterator of its share of each global batch (order set by the seed)."""
+def create_iterator(config: ml_collections.ConfigDict, source, mesh: Mesh):
+  """This process's checkpointable iterator of its rows of each global batch (order set by the seed)."""
   dc = config.data
   return data.make_train_iterator(source, global_batch_size=config.global_batch_size, seed=config.seed,
-                                  shuffle=dc.shuffle, flip=dc.flip, worker_count=dc.worker_count)
+                                  shuffle=dc.shuffle, flip=dc.flip, worker_count=dc.worker_count,
+                                  shard_options=multihost.data_shard_options(mesh, config.global_batch_size))
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:

@@ -57,7 +57,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
   source = input_pipeline.create_source(config.data)
   model_config = config_validation.model_config_of(config, source.num_classes)
   input_pipeline.check_source(source, model_config)
-  data_iter = input_pipeline.create_iterator(config, source)
+  data_iter = input_pipeline.create_iterator(config, source, mesh)
   initialize, abstract_state, schedule = init_state.state_initializer(config, model_config, mesh)
   ck = config.checkpoint
   manager = checkpointing.create_manager(workdir / "checkpoints", every_steps=ck.every_steps, keep=ck.keep,
@@ -76,7 +76,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
   pending: list[tuple[int, dict]] = []
   try:
     for step in range(start + 1, config.num_train_steps + 1):
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step), jax.set_mesh(mesh):
         state, metrics = step_fn(state, input_pipeline.global_batch(next(data_iter), mesh))
       pending.append((step, metrics))
       if progress is not None:
