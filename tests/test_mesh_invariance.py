@@ -37,7 +37,7 @@ def results(tmp_path_factory):
       env = {**os.environ, "JAX_PLATFORMS": "cpu",
              "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
       proc = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True,
-                            timeout=600, check=False)
+                            timeout=1200, check=False)
       assert proc.returncode == 0, proc.stderr[-4000:]
   with np.load(out) as f:
     return dict(f)

@@ -109,7 +109,10 @@ def real_baseline(dc: DemoConfig, evaluator: Evaluator, images: np.ndarray, labe
 
 
 def noise_shift(dc: DemoConfig, model: pathlib.Path, estimator: pathlib.Path, out: pathlib.Path) -> dict:
-  """The noise-shift CLI (unguided and NAG at each w of `shift_nag`); {f"w{w:g}": its report}."""
+  """The noise-shift CLI (unguided and NAG at each w of `shift_nag`) into out/w*; {f"w{w:g}": its report}.
+
+  The reports' "dir" is relative to the demo's output folder (out's parent), so the folder can move.
+  """
   reports = {}
   for w in dc.shift_nag:
     args = analyze_noise_shift.parse_args([
@@ -119,7 +122,7 @@ def noise_shift(dc: DemoConfig, model: pathlib.Path, estimator: pathlib.Path, ou
         "--t-values", ",".join(str(t) for t in dc.shift_t), "--seed", str(dc.seed)])
     report = analyze_noise_shift.run(args)
     reports[f"w{w:g}"] = {
-        "dir": str(out / f"w{w:g}"), "num_samples": report["num_samples"], "levels": report["levels"],
+        "dir": f"{out.name}/w{w:g}", "num_samples": report["num_samples"], "levels": report["levels"],
         "mean_shift": report["mean_shift"],
         "per_step": {n: {k: s[k] for k in ("mean", "std", "shift", "shift_vs_forward")}
                      for n, s in report["per_step"].items()},

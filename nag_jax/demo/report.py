@@ -47,6 +47,7 @@ def headline(results: dict) -> str:
 
 
 def detail_table(results: dict) -> str:
+  """Every metric of the main model per sampler and setting, and the real-data floor."""
   dc, main = DemoConfig.from_dict(results["config"]), results["grid"]["main"]
   metrics = ("fd", "fd_mlp", "precision", "recall", "accuracy")
   rows = [[r, s.label] + [mean_std(main[r][s.name][m]) for m in metrics] for r in main for s in dc.settings]
@@ -95,6 +96,7 @@ def shift_table(results: dict) -> str:
 
 
 def _panel_figure(panels: list[tuple[str, np.ndarray]], path: pathlib.Path, title: str) -> str:
+  """Panels side by side, each a grid of 10 samples per row (labels 0..9); returns the file name."""
   rows = -(-len(panels[0][1]) // 10)
   fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 0.28 * rows + 0.9), squeeze=False)
   for ax, (label, x) in zip(axes[0], panels):
@@ -123,6 +125,7 @@ def pictures(out: pathlib.Path, dc: DemoConfig, pics: dict) -> dict[str, str]:
 
 
 def loss_plot(out: pathlib.Path, results: dict) -> str:
+  """losses.png: the logged training loss of every variant."""
   fig, ax = plt.subplots(figsize=(5, 3))
   for name, m in results["models"].items():
     steps, losses = zip(*m["losses"])
@@ -141,11 +144,10 @@ def write(out: pathlib.Path, results: dict, pics: dict, command: str) -> str:
   dc = DemoConfig.from_dict(results["config"])
   (out / "results.json").write_text(json.dumps(results, indent=1))
   files = pictures(out, dc, pics)
-  shift_dir = pathlib.Path(next(iter(results["noise_shift"].values()))["dir"]).relative_to(out.absolute())
   head = headline(results)
   md = template.markdown(results, dc, command=command, headline=head, details=detail_table(results),
                          variants=variant_table(results), branches=branch_table(results),
                          shift=shift_table(results), sample_files=files, loss_file=loss_plot(out, results),
-                         shift_dir=shift_dir.as_posix())
+                         shift_dir=next(iter(results["noise_shift"].values()))["dir"])
   (out / "report.md").write_text(md)
   return head
