@@ -44,7 +44,7 @@ def runs(tmp_path_factory):
       procs.update({f"process {i}": _start(root / "two", 2, i, port) for i in range(2)})
       try:
         for p in procs.values():
-          p.wait(timeout=150)
+          p.wait(timeout=400)
       finally:
         for p in procs.values():
           if p.poll() is None:
@@ -92,7 +92,7 @@ def test_local_launcher_joins_the_processes(tmp_path):
   env = {**os.environ, "NUM_PROCESSES": "2", "DEVICES": "cpu:1", "LOG_DIR": str(tmp_path),
          "PORT": str(_free_port())}
   out = subprocess.run(["bash", str(launcher), sys.executable, "-c", script], env=env, capture_output=True,
-                       text=True, timeout=120, check=False)
+                       text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:] + (tmp_path / "process_1.log").read_text()[-3000:]
   assert "sum 3 of 2" in out.stdout  # process 0 saw both processes' values
   assert "sum 3 of 2" in (tmp_path / "process_1.log").read_text()
