@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nag_jax import checkpoints
@@ -24,8 +24,6 @@ from nag_jax.sampling.config import to_dataclasses
 from nag_jax.sampling.pipeline import build_sampler
 from nag_jax.sharding import batch_sharding, make_mesh, multihost
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "sampling config file (configs/sample_*.py)",
-                                          lock_config=True)
 
 
 def batch_labels(c, key: jax.Array, batch: int, num_classes: int) -> np.ndarray:
@@ -105,10 +103,12 @@ def main(argv):
   multihost.initialize()
   jax.config.update("jax_threefry_partitionable", True)
   try:
-    run(_CONFIG.value)
+    run(flags.FLAGS.config)
   except (ValueError, checkpoints.CheckpointError) as e:
     raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so that importing this module beside nag_jax.main defines no flag twice.
+  config_flags.DEFINE_config_file("config", None, "sampling config file (configs/sample_*.py)", lock_config=True)
   app.run(main)
