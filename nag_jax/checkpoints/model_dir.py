@@ -26,19 +26,14 @@ def holds_checkpoint(path: str | pathlib.Path) -> bool:
   return (path / CONFIG_FILE).exists() or (path / PARAMS_DIR).exists()
 
 
-def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bool = False,
-         source: str = "") -> pathlib.Path:
-  """Writes params (Orbax) and config into a staging folder, then renames it into place."""
-  path = pathlib.Path(path).absolute()
-  if holds_checkpoint(path) and not overwrite:
-    raise CheckpointError(f"{path} already holds a checkpoint; pass --overwrite to replace it")
+def write_params_dir(path: pathlib.Path, params, meta: dict) -> None:
+  """Writes `path/params` (Orbax) and `path/config.json` into a staging folder, then renames it into place."""
   path.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(staging / PARAMS_DIR, jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
-    meta = {"model": config.to_dict(), "source": source, "format": "nag_jax/1"}
     (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     if path.exists():
       shutil.rmtree(path)
@@ -46,6 +41,16 @@ def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bo
   finally:
     if staging.exists():
       shutil.rmtree(staging)
+
+
+def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bool = False,
+         source: str = "") -> pathlib.Path:
+  """Writes params (Orbax) and config into a staging folder, then renames it into place."""
+  path = pathlib.Path(path).absolute()
+  if holds_checkpoint(path) and not overwrite:
+    raise CheckpointError(f"{path} already holds a checkpoint; pass --overwrite to replace it")
+  meta = {"model": config.to_dict(), "source": source, "format": "nag_jax/1"}
+  write_params_dir(path, params, meta)
   return path
 
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import shutil
-import tempfile
 from collections import OrderedDict
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.torch_io import CheckpointError, read_state_dict
 from nag_jax.models.vae import AutoencoderKL, VAEConfig, abstract_params
 
@@ -141,19 +139,7 @@ def save_vae(dst: str | pathlib.Path, params: dict, config: VAEConfig,
   """Writes `dst/params` (Orbax) and `dst/config.json` via a staging folder renamed into place."""
   dst = pathlib.Path(dst).absolute()
   _check_dst(dst, overwrite)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  try:
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(staging / PARAMS_DIR, jax.tree.map(np.asarray, params))
-    ckptr.wait_until_finished()
-    (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
-    if dst.exists():
-      shutil.rmtree(dst)
-    staging.rename(dst)
-  finally:
-    if staging.exists():
-      shutil.rmtree(staging)
+  model_dir.write_params_dir(dst, params, config.to_dict())
   return dst
 
 
