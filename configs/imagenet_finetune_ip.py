@@ -8,22 +8,15 @@ Ning et al. 2023: the network sees x_t from eps + gamma xi but regresses eps) in
 Expected result (Table 5, FID-50K w/o / w/ CFG): DiT-XL/2 10.20 / 2.19, SiT-XL/2 8.06 / 1.95.
 Wall time: as the NAG fine-tune (not measured here).
 """
-from nag_jax.training.base_config import get_base_config, model_fields
+from nag_jax.training.base_config import get_xl2_finetune_config
 
 
 def get_config(family: str = "DiT"):
   """Table 4's fine-tune (50K steps, batch 256, lr 1e-5) with noise dropout off and gamma = 0.1."""
-  if family not in ("DiT", "SiT"):
-    raise ValueError(f"config argument must be DiT or SiT, got {family!r}")
-  config = get_base_config()
-  config.mode = "finetune"
-  config.model = model_fields(f"{family}-XL/2", image_size=256, num_classes=1000)
+  config = get_xl2_finetune_config(family)
   config.num_train_steps = 50_000
-  config.global_batch_size = 256
-  config.optimizer.learning_rate = 1e-5
   config.objective.noise_dropout = 0.0
   config.objective.input_perturbation = 0.1
-  config.data.kind = "latents"
   config.checkpoint.every_steps = 5_000
   config.sample.every_steps = 0  # no noise-unconditional branch to guide with
   return config

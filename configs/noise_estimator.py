@@ -9,22 +9,15 @@ level (1.001 for SiT), and the L2 loss regresses t (SiT t in [0, 1], 1 = data; D
 Expected result: training loss about 0.0002 after 40 epochs (200K steps at batch 256) for SiT-XL/2.
 Wall time (not measured here): 4x the steps of the XL/2 NAG fine-tune, at about the same cost per step.
 """
-from nag_jax.training.base_config import get_base_config, model_fields
+from nag_jax.training.base_config import get_xl2_finetune_config
 
 
 def get_config(family: str = "SiT"):
   """The B.1 fine-tune hyperparameters (lr 1e-5, batch 256, AdamW) for 200K steps, no EMA, no sample grid."""
-  if family not in ("DiT", "SiT"):
-    raise ValueError(f"config argument must be DiT or SiT, got {family!r}")
-  config = get_base_config()
-  config.mode = "noise_estimator"
-  config.model = model_fields(f"{family}-XL/2", image_size=256, num_classes=1000)
+  config = get_xl2_finetune_config(family, mode="noise_estimator")
   config.num_train_steps = 200_000
-  config.global_batch_size = 256
-  config.optimizer.learning_rate = 1e-5
   config.ema_decay = 0.0
   config.objective.noise_dropout = 0.0
-  config.data.kind = "latents"
   config.checkpoint.every_steps = 10_000
   config.sample.every_steps = 0
   return config

@@ -12,6 +12,7 @@ Levels are noise fractions (1 = noise); see `nag_jax/evaluation/noise_shift.py`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import json
 import pathlib
@@ -107,7 +108,8 @@ def collect(args: argparse.Namespace, t_values: list[float]) -> tuple[np.ndarray
     raise ValueError(f"the estimator takes {e.family} inputs of {e.input_size}x{e.input_size}x{e.in_channels}, "
                      f"the model {config.family} {config.input_size}x{config.input_size}x{config.in_channels}")
   settings = [s for s in args.guidance.split(",") if s]
-  guidances = {s: guidance_of(s, args) for s in settings}
+  pseudo = model_dir.read_pseudo_level(args.model)  # None: the family's 1001 / 1.001
+  guidances = {s: dataclasses.replace(guidance_of(s, args), pseudo_level=pseudo) for s in settings}
   sampler = SamplerConfig(method=args.sampler or METHODS[config.family][0], num_steps=args.num_steps,
                           ode_method=args.ode_method)
   if sampler.method == "ode" and sampler.ode_method == "dopri5":

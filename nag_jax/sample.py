@@ -7,6 +7,7 @@ do not depend on how many processes or devices share the work.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -22,7 +23,7 @@ from nag_jax import checkpoints
 from nag_jax.sampling import writer
 from nag_jax.sampling.config import to_dataclasses
 from nag_jax.sampling.pipeline import build_sampler
-from nag_jax.sharding import batch_sharding, make_mesh, multihost
+from nag_jax.sharding import batch_sharding, make_mesh, multihost, shard_sampler
 
 
 
@@ -41,7 +42,13 @@ def run(c) -> pathlib.Path:
   if not c.checkpoint:
     raise ValueError("--config.checkpoint is required (a directory written by python -m nag_jax.convert)")
   sampler_cfg, guidance = to_dataclasses(c)
-  _, params, model_cfg = checkpoints.load(c.checkpoint, dtype=c.dtype)
+  mesh = make_mesh(c.mesh.to_dict())
+  if c.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    raise ValueError(f"batch_size {c.batch_size} is not divisible by the data axes of mesh {dict(mesh.shape)}")
+  shardings = checkpoints.model_dir.param_shardings(checkpoints.model_dir.read_config(c.checkpoint), mesh)
+  _, params, model_cfg = checkpoints.load(c.checkpoint, dtype=c.dtype, shardings=shardings)
+  if guidance.pseudo_level is None:  # the level the model was trained with, when it was not the default
+    guidance = dataclasses.replace(guidance, pseudo_level=checkpoints.model_dir.read_pseudo_level(c.checkpoint))
   decode, decoder_params = None, None
   if c.vae:
     from nag_jax.checkpoints.vae_convert import load_vae  # pylint: disable=import-outside-toplevel
@@ -53,10 +60,8 @@ def run(c) -> pathlib.Path:
   estimator, estimator_params = None, None
   if c.estimator:
     estimator, estimator_params = checkpoints.model_dir.load_estimator(c.estimator)
-  mesh = make_mesh(c.mesh.to_dict())
-  if c.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-    raise ValueError(f"batch_size {c.batch_size} is not divisible by the data axes of mesh {dict(mesh.shape)}")
-  sample = build_sampler(model_cfg, sampler_cfg, guidance, decode=decode, estimator=estimator)
+  sample = shard_sampler(build_sampler(model_cfg, sampler_cfg, guidance, decode=decode, estimator=estimator,
+                                      jit=False), mesh, shardings)
   out_dir = pathlib.Path(c.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   key_samples, key_labels = jax.random.split(jax.random.key(c.seed))
@@ -76,11 +81,11 @@ def run(c) -> pathlib.Path:
         writer.write_part(out_dir, b, b * c.batch_size + (rows.start or 0), data, labels[rows])
   multihost_utils.sync_global_devices("nag_jax.sample: all parts written")
   if jax.process_index() == 0:
-    finish(c, out_dir, decode is not None, model_cfg)
+    finish(c, out_dir, decode is not None, model_cfg, guidance)
   return out_dir
 
 
-def finish(c, out_dir: pathlib.Path, decoded: bool, model_cfg) -> None:
+def finish(c, out_dir: pathlib.Path, decoded: bool, model_cfg, guidance) -> None:
   """Merges the parts into samples.npz (or latents.npz), writes grid.png and run.json."""
   data, labels = writer.merge_parts(out_dir, c.num_samples)
   if decoded:
@@ -91,7 +96,8 @@ def finish(c, out_dir: pathlib.Path, decoded: bool, model_cfg) -> None:
     np.savez(out_dir / "latents.npz", latents=data, labels=labels)
     preview = writer.latents_preview(data)
   writer.save_grid(preview[:c.grid_size], out_dir / "grid.png")
-  meta = {"config": c.to_dict(), "model": model_cfg.to_dict(), "num_written": int(len(data)),
+  meta = {"config": c.to_dict(), "model": model_cfg.to_dict(), "guidance": dataclasses.asdict(guidance),
+          "num_written": int(len(data)),
           "pixel_rule": "clip(127.5 x + 128, 0, 255) -> uint8" if decoded else "latents (no VAE given)"}
   (out_dir / "run.json").write_text(json.dumps(meta, indent=2, default=str))
   print(f"wrote {len(data)} {'images' if decoded else 'latents'} to {out_dir}")

@@ -4,7 +4,8 @@
 
 With NUM_PROCESSES > 1 it joins `jax.distributed` on 127.0.0.1:PORT and uses a hybrid mesh (data split
 across the processes, fsdp within each); with 1 it runs the reference on one device. Process 0 writes
-the trained params; every process writes its own sample rows.
+the trained params, all processes export them as a model directory and make the training loop's
+sample grid; every process writes its own sample rows.
 """
 import pathlib
 import sys
@@ -14,12 +15,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from nag_jax import sharding
+from nag_jax.checkpoints import model_dir
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models import ModelConfig
 from nag_jax.sampling import writer
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 from nag_jax.sharding import multihost
-from nag_jax.training import create_objective, get_base_config, init_state, jit_train_step
+from nag_jax.training import create_objective, get_base_config, init_state, jit_train_step, samples
 
 BATCH, STEPS = 8, 3
 
@@ -62,6 +64,12 @@ def main(out_dir: pathlib.Path, num_processes: int, process_id: int, port: int) 
     if jax.process_index() == 0:
       np.savez(out_dir / "params.npz", **{jax.tree_util.keystr(p): v for p, v in
                                           jax.tree_util.tree_flatten_with_path(params)[0]})
+    # What the training loop does at the end and every sample.every_steps: export and the sample grid.
+    model_dir.save(out_dir / "model", state.params, model_cfg)
+    c.sample.update(dict(num_images=4, num_steps=4, nag_scale=2.0))
+    grid = samples.make_sample_grid_fn(model_cfg, c.sample, mesh, jax.tree.map(lambda s: s.sharding,
+                                                                                abstract.params))(state.params)
+    np.save(out_dir / f"grid_{jax.process_index()}.npy", grid)
 
     sample = build_sampler(model_cfg, SamplerConfig(method="sde", num_steps=4),
                            GuidanceConfig(cfg_scale=1.5, nag_scale=2.0), jit=False)

@@ -117,3 +117,14 @@ def test_bad_input_is_a_clear_error(trained, tmp_path, capsys, change, needle):
   assert analyze_noise_shift.main(argv) == 2
   assert needle in capsys.readouterr().err
   assert not (tmp_path / "o").exists()
+
+
+def test_an_estimator_keeps_the_pseudo_level_it_was_trained_with(trained, tmp_path):
+  _, _, estimator, params = trained
+  model_dir.save(tmp_path / "g_phi", params, CFG, pseudo_level=1.5)
+  loaded, loaded_params = model_dir.load_estimator(tmp_path / "g_phi")
+  x = jax.random.normal(jax.random.key(3), (4, CFG.input_size, CFG.input_size, CFG.in_channels))
+  y = jnp.arange(4, dtype=jnp.int32)
+  out = loaded.apply({"params": loaded_params}, x, y)
+  np.testing.assert_array_equal(out, NoiseEstimator(CFG, pseudo_level=1.5).apply({"params": params}, x, y))
+  assert loaded.pseudo_level == 1.5 and np.abs(out - estimator.apply({"params": params}, x, y)).max() > 1e-4

@@ -8,9 +8,11 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from nag_jax import checkpoints
 from nag_jax.sampling import writer
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
@@ -68,6 +70,19 @@ def test_two_processes_train_like_one(runs):
     diff = max(float(np.abs(ref[k] - two[k]).max()) for k in ref)
   print(f"params after the steps, two processes vs one: max abs diff {diff:.2e}")
   assert diff <= 1e-5
+
+
+def test_two_processes_export_the_model_and_the_sample_grid(runs):
+  _, params, _ = checkpoints.load(runs / "two" / "model")
+  with np.load(runs / "two" / "params.npz") as gathered:
+    for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+      np.testing.assert_array_equal(value, gathered[jax.tree_util.keystr(path)])
+  grids = [np.load(runs / "two" / f"grid_{i}.npy") for i in range(2)]
+  ref = np.load(runs / "reference" / "grid_0.npy")
+  np.testing.assert_array_equal(grids[0], grids[1])  # every process holds the whole grid
+  diff = int(np.abs(grids[0].astype(int) - ref).max())
+  print(f"sample grid, two processes vs one: max abs diff {diff} (uint8)")
+  assert grids[0].shape == ref.shape == (2 * 10, 4 * 10, 3) and ref.std() > 10 and diff <= 1
 
 
 def test_two_processes_sample_like_one_without_collisions(runs):

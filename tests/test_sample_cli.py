@@ -1,4 +1,5 @@
 """The sampling CLI on the converted shared tiny checkpoint: every sampler, resumability, pixels, errors."""
+import json
 import subprocess
 import sys
 
@@ -6,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from nag_jax import convert, sample
+from nag_jax import checkpoints, convert, sample
 from nag_jax.sampling.config import default_sample_config
 
 
@@ -102,3 +103,19 @@ def test_vae_decoding_inside_the_sampler_writes_images(tiny_dirs, tmp_path):
   latents = np.load(sample.run(c) / "latents.npz")["latents"]  # same seed: the same latents
   want = np.asarray(jax.jit(lambda z: decode_to_uint8(vae, vae_params, z))(latents))
   assert np.abs(want.astype(int) - images.astype(int)).max() <= 1
+
+
+def test_the_pseudo_level_stored_with_a_model_is_the_default(tiny_dirs, tmp_path):
+  _, params, model_cfg = checkpoints.load(tiny_dirs / "sit")
+  checkpoints.save(tmp_path / "sit-1.5", params, model_cfg, pseudo_level=1.5)
+  c = config(tiny_dirs, tmp_path, "sit", preset="nag")
+  runs = {}
+  for name, ckpt, level in (("stored", tmp_path / "sit-1.5", None), ("given", tiny_dirs / "sit", 1.5),
+                            ("default", tiny_dirs / "sit", None)):
+    c.checkpoint, c.out_dir, c.guidance.pseudo_level = str(ckpt), str(tmp_path / name), level
+    out = sample.run(c)
+    runs[name] = np.load(out / "latents.npz")["latents"]
+    assert json.loads((out / "run.json").read_text())["guidance"]["pseudo_level"] == (
+        None if name == "default" else 1.5)
+  np.testing.assert_array_equal(runs["stored"], runs["given"])
+  assert np.abs(runs["stored"] - runs["default"]).max() > 1e-3  # the pseudo level changes the NAG branch

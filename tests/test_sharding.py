@@ -14,6 +14,7 @@ from nag_jax.models import DiT, ModelConfig, get_model_config
 from nag_jax.models.dit import dummy_inputs
 from nag_jax.sharding import multihost
 from nag_jax.sharding.mesh import AXES
+from nag_jax.training import get_base_config
 
 TINY = ModelConfig(input_size=8, patch_size=2, hidden_size=64, depth=1, num_heads=4, num_classes=10)
 
@@ -45,7 +46,7 @@ def test_bad_mesh_is_one_clear_error(shape, message):
 
 
 def test_mesh_has_auto_axes_and_dcn_needs_as_many_processes():
-  mesh = sharding.make_mesh({"data": -1, "dcn": {"data": 1}})
+  mesh = sharding.make_mesh(get_base_config().mesh.to_dict())  # the configs' default, dcn entry included
   assert mesh.axis_names == AXES and mesh.shape["data"] == jax.device_count()
   assert all(t == AxisType.Auto for t in mesh.axis_types)
   with pytest.raises(ValueError, match="needs 2 processes, but the devices span 1"):

@@ -10,11 +10,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.models.config import ModelConfig
-from nag_jax.models.dit import DiT
+from nag_jax.models.dit import DiT, dummy_inputs
 from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs
+from nag_jax.sharding.rules import logical_shardings
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -27,31 +30,67 @@ def holds_checkpoint(path: str | pathlib.Path) -> bool:
 
 
 def write_params_dir(path: pathlib.Path, params, meta: dict) -> None:
-  """Writes `path/params` (Orbax) and `path/config.json` into a staging folder, then renames it into place."""
+  """Writes `path/params` (Orbax) and `path/config.json` into a staging folder, then renames it into place.
+
+  In a multi-process run every process calls it with the same path: each writes the shards it owns of
+  the (globally sharded) params; process 0 writes the config and renames.
+  """
+  primary, multi = jax.process_index() == 0, jax.process_count() > 1
   path.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  if multi:  # one staging name all processes agree on
+    staging = path.parent / f".{path.name}.staging"
+    if primary and staging.exists():
+      shutil.rmtree(staging)
+    multihost_utils.sync_global_devices(f"nag_jax staging {path}")
+  else:
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(staging / PARAMS_DIR, jax.tree.map(np.asarray, params))
+    ckptr.save(staging / PARAMS_DIR, params if multi else jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
-    (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    if path.exists():
-      shutil.rmtree(path)
-    staging.rename(path)
+    if primary:
+      (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+      if path.exists():
+        shutil.rmtree(path)
+      staging.rename(path)
   finally:
-    if staging.exists():
+    if primary and staging.exists():
       shutil.rmtree(staging)
+  if multi:
+    multihost_utils.sync_global_devices(f"nag_jax wrote {path}")
 
 
 def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bool = False,
-         source: str = "") -> pathlib.Path:
-  """Writes params (Orbax) and config into a staging folder, then renames it into place."""
+         source: str = "", pseudo_level: float | None = None) -> pathlib.Path:
+  """Writes params (Orbax) and config into a staging folder, then renames it into place.
+
+  `pseudo_level`: the level the noise-unconditional branch was trained with, when not the family's default.
+  """
   path = pathlib.Path(path).absolute()
   if holds_checkpoint(path) and not overwrite:
     raise CheckpointError(f"{path} already holds a checkpoint; pass --overwrite to replace it")
   meta = {"model": config.to_dict(), "source": source, "format": "nag_jax/1"}
+  if pseudo_level is not None:
+    meta["pseudo_level"] = float(pseudo_level)
   write_params_dir(path, params, meta)
   return path
+
+
+def read_pseudo_level(path: str | pathlib.Path) -> float | None:
+  """The trained pseudo level stored by `save`, or None for the family's default."""
+  return json.loads((pathlib.Path(path) / CONFIG_FILE).read_text()).get("pseudo_level")
+
+
+def param_shardings(config: ModelConfig, mesh: Mesh):
+  """NamedShardings of a model's params on `mesh` by the logical-axis rules (a `load` target)."""
+  boxed = jax.eval_shape(lambda: DiT(config).init(jax.random.key(0), *dummy_inputs(config))["params"])
+  return logical_shardings(boxed, mesh)
+
+
+def on_first_device(abstract_tree):
+  """A restore target on this process's first device, whatever mesh the checkpoint was written from."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract_tree)
 
 
 def read_config(path: str | pathlib.Path) -> ModelConfig:
@@ -75,6 +114,8 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, shardings=None):
     raise CheckpointError(f"{path} has no {PARAMS_DIR}/ folder: the conversion did not finish")
   from nag_jax.checkpoints.dit_convert import abstract_params  # pylint: disable=import-outside-toplevel
   target = abstract_params(config, shardings)
+  if shardings is None:
+    target = on_first_device(target)
   try:
     params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR, target)
   except Exception as e:  # orbax raises several types for missing or corrupt files
@@ -85,11 +126,11 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, shardings=None):
 def load_estimator(path: str | pathlib.Path) -> tuple[NoiseEstimator, dict]:
   """g_phi and its params from a model directory holding a NoiseEstimator's params."""
   config = read_config(path)
-  estimator = NoiseEstimator(config)
+  estimator = NoiseEstimator(config, pseudo_level=read_pseudo_level(path))
   target = jax.eval_shape(lambda: nn.meta.unbox(estimator.init(jax.random.key(0), *estimator_inputs(estimator))))
   try:
     params = ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute() / PARAMS_DIR,
-                                                target["params"])
+                                                on_first_device(target["params"]))
   except Exception as e:  # orbax raises several types for a tree that does not match
     raise CheckpointError(f"{path} does not hold noise-estimator (g_phi) params "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e

@@ -7,6 +7,7 @@ import ml_collections
 
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.sampling.pipeline import SamplerConfig
+from nag_jax.sharding.mesh import default_mesh_config
 
 # Paper appendix B: CFG alone 1.5; NAG alone 3.0; NAG + CFG: cfg 1.2, nag 2.0.
 PRESETS = {"none": (1.0, 0.0), "cfg": (1.5, 0.0), "nag": (1.0, 3.0), "nag_cfg": (1.2, 2.0)}
@@ -29,7 +30,7 @@ def default_sample_config(family: str, preset: str = "nag") -> ml_collections.Co
   c.dtype = "float32"          # "bfloat16" computes the model in bf16 (params stay f32)
   c.write_npz = True           # ADM-format samples.npz (arr_0 uint8 NHWC) for FID
   c.grid_size = 64             # images in grid.png
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.mesh = ml_collections.ConfigDict(default_mesh_config())
   c.sampler = ml_collections.ConfigDict(dataclasses.asdict(
       SamplerConfig(method="ddpm" if family == "dit" else "sde")))
   cfg_scale, nag_scale = PRESETS[preset]

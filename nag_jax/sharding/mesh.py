@@ -13,6 +13,11 @@ AXES = ("data", "fsdp", "tensor")
 DCN = "dcn"  # optional key of a mesh config: {axis: number of slices (or hosts) it spans}
 
 
+def default_mesh_config() -> dict:
+  """Config entry of a mesh: data parallel over every device; `dcn` = slices (or hosts) each axis spans."""
+  return {"data": -1, "fsdp": 1, "tensor": 1, DCN: {a: 1 for a in AXES}}
+
+
 def resolve_shape(shape: Mapping[str, int], num_devices: int) -> dict:
   """Fills the one -1 axis so the product equals num_devices; a clear error when it cannot.
 

@@ -12,11 +12,11 @@ from nag_jax.sharding.rules import RULES, batch_sharding, check_batch, replicate
 
 def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
                   parent_shardings: Any = None) -> Callable:
-  """fn(params, key, labels, decoder_params=None, parent_params=None, noises=None) -> dict, compiled once.
+  """fn(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None).
 
-  Params (and the Domain-Guidance parent) follow the logical rules, labels and every NHWC output
-  (latents, images, trajectory) are split over the batch axes, the VAE and injected noises are
-  replicated. The k*B guidance branch batch inherits the split of the labels and the initial noise.
+  Returns build_sampler's dict, compiled once. Params (and the Domain-Guidance parent) follow the
+  logical rules, labels and every NHWC output (latents, images, trajectory) are split over the batch
+  axes, the VAE, g_phi and injected noises are replicated. The k*B guidance branch batch inherits the split of the labels and the initial noise.
   """
   rep = replicated(mesh)
   batch_axes = dict(RULES)["batch"]
@@ -26,16 +26,16 @@ def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
       return rep
     return NamedSharding(mesh, P(*([None] * (np.ndim(x) - 4)), batch_axes))
 
-  def positional(params, key, labels, decoder_params, parent_params, noises):
+  def positional(params, key, labels, decoder_params, parent_params, estimator_params, noises):
     out = sample_fn(params, key, labels, decoder_params=decoder_params, parent_params=parent_params,
-                    noises=noises)
+                    estimator_params=estimator_params, noises=noises)
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, placed(x)), out)
 
   compiled = jax.jit(positional, in_shardings=(param_shardings, rep, batch_sharding(mesh), rep,
-                                               rep if parent_shardings is None else parent_shardings, rep))
+                                               rep if parent_shardings is None else parent_shardings, rep, rep))
 
-  def sample(params, key, labels, decoder_params=None, parent_params=None, noises=None):
+  def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
     check_batch(mesh, labels.shape[0])
-    return compiled(params, key, labels, decoder_params, parent_params, noises)
+    return compiled(params, key, labels, decoder_params, parent_params, estimator_params, noises)
 
   return sample

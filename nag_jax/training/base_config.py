@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from nag_jax.models.config import get_model_config
+from nag_jax.sharding.mesh import default_mesh_config
 
 
 def model_fields(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -42,9 +43,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       kind="latents", path="", tfds_name="", data_dir="", split="train", image_size=256, flip=True,
       shuffle=True, worker_count=0))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(default_mesh_config())
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50_000, keep=3, async_save=True))
   c.log_every_steps = 100
   c.sample = ml_collections.ConfigDict(dict(every_steps=0, num_images=8, num_steps=50, nag_scale=3.0,
                                             cfg_scale=1.0))
+  return c
+
+
+def get_xl2_finetune_config(family: str, mode: str = "finetune") -> ml_collections.ConfigDict:
+  """Appendix B.1's fine-tune of the released DiT-XL/2 or SiT-XL/2: ImageNet-256 latents, batch 256, lr 1e-5."""
+  if family not in ("DiT", "SiT"):
+    raise ValueError(f"config argument must be DiT or SiT, got {family!r}")
+  c = get_base_config()
+  c.mode = mode
+  c.model = model_fields(f"{family}-XL/2", image_size=256, num_classes=1000)
+  c.global_batch_size = 256
+  c.optimizer.learning_rate = 1e-5
+  c.data.kind = "latents"
   return c

@@ -92,9 +92,7 @@ def state_initializer(config: ml_collections.ConfigDict, model_config: ModelConf
     if config.mode == "scratch":
       return jax.jit(lambda k: make_state(nn.meta.unbox(boxed_init(k))), out_shardings=shardings)(init_key)
     pre_config = model_dir.read_config(config.init_from)
-    pre_shardings = logical_shardings(
-        jax.eval_shape(lambda: DiT(pre_config).init(init_key, *dummy_inputs(pre_config))["params"]), mesh)
-    _, pretrained, _ = model_dir.load(config.init_from, shardings=pre_shardings)
+    _, pretrained, _ = model_dir.load(config.init_from, shardings=model_dir.param_shardings(pre_config, mesh))
     merge = lambda k, pre: make_state(merge_pretrained(nn.meta.unbox(boxed_init(k)), pre, pre_config,
                                                        model_config.num_classes))
     return jax.jit(merge, out_shardings=shardings)(init_key, pretrained)

@@ -72,7 +72,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
                            accumulation_steps=config.optimizer.accumulation_steps, learning_rate_fn=schedule)
   sample_fn = None
   if config.sample.every_steps and writer is not None:
-    sample_fn = samples.make_sample_grid_fn(model_config, config.sample, config.objective.pseudo_level)
+    sample_fn = samples.make_sample_grid_fn(model_config, config.sample, mesh,
+                                            jax.tree.map(lambda s: s.sharding, abstract_state.params),
+                                            config.objective.pseudo_level, config.seed)
   pending: list[tuple[int, dict]] = []
   try:
     for step in range(start + 1, config.num_train_steps + 1):
@@ -89,12 +91,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
       if save:
         checkpointing.save(manager, step, state, data_iter, force=True)
       if sample_fn is not None and (step % config.sample.every_steps == 0 or last):
-        grid = sample_fn(state.eval_params, jax.random.key(config.seed))
+        grid = sample_fn(state.eval_params)
         writer.write_images(step, {"samples/top_plain_bottom_nag": grid[None]})
   finally:
     manager.wait_until_finished()  # an in-flight save of a checked state completes even on an error
-  if jax.process_count() == 1:  # g_phi's export is read by checkpoints.model_dir.load_estimator
-    model_dir.save(workdir / EXPORT_DIR, state.eval_params, model_config, overwrite=True,
-                   source=f"{config.mode} {workdir} step {int(state.step)} "
-                          f"({'EMA' if state.ema_params is not None else 'params'})")
+  model_dir.save(workdir / EXPORT_DIR, state.eval_params, model_config, overwrite=True,
+                 source=f"{config.mode} {workdir} step {int(state.step)} "
+                        f"({'EMA' if state.ema_params is not None else 'params'})",
+                 pseudo_level=config.objective.pseudo_level)
   return state

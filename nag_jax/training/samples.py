@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models.config import ModelConfig
@@ -26,19 +27,25 @@ def grid(rows: list[np.ndarray], pad: int = 1) -> np.ndarray:
   return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict,
-                        pseudo_level: float | None = None) -> Callable[[Any, jax.Array], np.ndarray]:
-  """fn(params, key) -> uint8 grid of `sc.num_images` samples without and with NAG (`sc.nag_scale`).
+def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict, mesh: Mesh, param_shardings: Any,
+                        pseudo_level: float | None = None, seed: int = 0) -> Callable[[Any], np.ndarray]:
+  """fn(params) -> uint8 grid of `sc.num_images` samples without and with NAG (`sc.nag_scale`).
 
   Uses the family's default sampler (DDPM for DiT, Euler-Maruyama SDE for SiT) with `sc.num_steps`.
+  The samples come back replicated, so every process (of a multi-host run) holds the whole grid.
   """
   sampler = SamplerConfig(method=METHODS[model_config.family][0], num_steps=sc.num_steps)
   base = dict(cfg_scale=sc.cfg_scale, pseudo_level=pseudo_level)
-  plain = build_sampler(model_config, sampler, GuidanceConfig(**base))
-  nag = build_sampler(model_config, sampler, GuidanceConfig(nag_scale=sc.nag_scale, **base))
-  labels = jnp.arange(sc.num_images, dtype=jnp.int32) % model_config.num_classes
+  fns = [build_sampler(model_config, sampler, GuidanceConfig(nag_scale=w, **base), jit=False)
+         for w in (0.0, sc.nag_scale)]
 
-  def sample_grid(params, key):
-    return grid([to_uint8(fn(params, key, labels)["latents"]) for fn in (plain, nag)])
+  def both(params):
+    labels = jnp.arange(sc.num_images, dtype=jnp.int32) % model_config.num_classes
+    return [fn(params, jax.random.key(seed), labels)["latents"] for fn in fns]
+
+  run = jax.jit(both, in_shardings=(param_shardings,), out_shardings=NamedSharding(mesh, P()))
+
+  def sample_grid(params):
+    return grid([to_uint8(x) for x in run(params)])
 
   return sample_grid
