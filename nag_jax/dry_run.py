@@ -35,7 +35,7 @@ def parse_mesh(text: str) -> dict:
 def build_config(args: argparse.Namespace):
   """The training config of the dry run: the base config with the model, batch and mesh asked for."""
   c = base_config.get_base_config()
-  c.model = base_config.model_fields(args.model, image_size=args.image_size, dtype=args.dtype)
+  c.model = base_config.model_fields(args.model, image_size=args.image_size, dtype=args.dtype, remat=args.remat)
   if args.depth:
     c.model.depth = args.depth
   c.global_batch_size = args.batch
@@ -56,7 +56,7 @@ def report(args: argparse.Namespace) -> dict:
          "param_bytes": sharding.bytes_per_device(abstract.params),
          "ema_bytes": sharding.bytes_per_device(abstract.ema_params),
          "opt_bytes": sharding.bytes_per_device(abstract.opt_state)}
-  name = args.model + (f" at depth {model_cfg.depth}" if args.depth else "")
+  name = args.model + (f" at depth {model_cfg.depth}" if args.depth else "") + (" with remat" if args.remat else "")
   print(f"{name} ({n_params / 1e6:.1f}M params, {args.dtype} compute), global batch {c.global_batch_size} "
         f"(x{c.optimizer.accumulation_steps} accumulation), {mesh.size} devices, mesh {out['mesh']}")
   print(f"  per device: params {out['param_bytes'] / MIB:.1f} MiB, EMA {out['ema_bytes'] / MIB:.1f} MiB, "
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--image-size", type=int, default=256)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--device-memory-gb", type=float, default=16.0)
+  parser.add_argument("--remat", action="store_true", help="activation checkpointing of every block")
   parser.add_argument("--depth", type=int, default=0, help="override the model's blocks (quicker compile)")
   parser.add_argument("--no-compile", action="store_true", help="only the per-device bytes (fast)")
   args = parser.parse_args(argv)

@@ -175,6 +175,25 @@ def test_bfloat16_compute_gives_a_close_loss():
   assert float(out["bfloat16"]) != float(out["float32"])  # the option does change the arithmetic
 
 
+def test_remat_keeps_the_params_and_gives_the_same_gradients():
+  config = TINY.replace(depth=3)
+  params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
+  params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), params)
+  remat_params = init_params(config.replace(remat=True), jax.random.key(0))
+  assert jax.tree.structure(remat_params) == jax.tree.structure(params)  # the same checkpoint layout
+  obj = create_objective(config, objective_config())
+  b = batch_of(8)
+  d = obj.draw(jax.random.key(5), jnp.asarray(b["x"]), jnp.asarray(b["y"]))
+  grads = {}
+  for remat in (False, True):
+    model = DiT(config.replace(remat=remat))
+    loss = lambda p, m=model: jnp.mean(obj.losses(lambda q, *a: m.apply({"params": q}, *a), p, b["x"], d)["loss"])
+    grads[remat] = jax.jit(jax.grad(loss))(params)
+    assert ("remat" in str(jax.make_jaxpr(jax.grad(loss))(params))) == remat  # blocks really recompute
+  diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])))
+  assert diff < 1e-6 and max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[True])) > 1e-3
+
+
 def test_noise_estimator_step_regresses_t_scaled_to_the_unit_interval():
   """g_phi's zero-initialised head predicts 0, so its first loss is exactly the mean squared target."""
   from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs  # pylint: disable=import-outside-toplevel

@@ -31,6 +31,7 @@ class ModelConfig:
   learn_sigma: bool = True
   time_scale: float = 1.0
   dtype: str = "float32"
+  remat: bool = False  # recompute each block's activations in the backward pass: less memory, ~1/3 more FLOPs
 
   def __post_init__(self):
     problems = []

@@ -104,8 +104,8 @@ class DiT(nn.Module):
                               bias_init=init.partitioned(init.zeros, ("embed",)))
     self.t_embedder = TimestepEmbedder(cfg.hidden_size, cfg.time_scale, dt)
     self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size, cfg.class_dropout_prob > 0)
-    self.blocks = [DiTBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, dt)
-                   for _ in range(cfg.depth)]
+    block = nn.remat(DiTBlock) if cfg.remat else DiTBlock  # same params, activations recomputed
+    self.blocks = [block(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, dt) for _ in range(cfg.depth)]
     self.final_layer = FinalLayer(cfg.hidden_size, cfg.patch_size, cfg.out_channels, dt)
 
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:

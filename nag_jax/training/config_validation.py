@@ -20,7 +20,7 @@ MODES = ("scratch", "finetune", "noise_estimator")
 DATA_KINDS = ("digits", "folder", "tfds", "latents")
 SCHEDULES = ("constant", "cosine", "linear")
 # Fields a fine-tune may change relative to the checkpoint it starts from.
-FINETUNE_FREE = ("num_classes", "dtype", "class_dropout_prob")
+FINETUNE_FREE = ("num_classes", "dtype", "class_dropout_prob", "remat")
 
 
 class ConfigError(ValueError):

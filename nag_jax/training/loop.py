@@ -95,7 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
         writer.write_images(step, {"samples/top_plain_bottom_nag": grid[None]})
   finally:
     manager.wait_until_finished()  # an in-flight save of a checked state completes even on an error
-  model_dir.save(workdir / EXPORT_DIR, state.eval_params, model_config, overwrite=True,
+  model_dir.save(workdir / EXPORT_DIR, state.eval_params, model_config.replace(remat=False), overwrite=True,
                  source=f"{config.mode} {workdir} step {int(state.step)} "
                         f"({'EMA' if state.ema_params is not None else 'params'})",
                  pseudo_level=config.objective.pseudo_level)
