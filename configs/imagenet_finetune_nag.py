@@ -2,7 +2,8 @@
 
   python -m nag_jax.convert --src DiT-XL-2-256x256.pt --dst ckpt/dit-xl-2 --family dit
   python -m nag_jax.main --config configs/imagenet_finetune_nag.py:DiT --workdir runs/dit-xl-2-nag \
-      --config.init_from=ckpt/dit-xl-2 --config.data.path=data/imagenet256_latents
+      --config.init_from=ckpt/dit-xl-2 --config.data.path=data/imagenet256_latents \
+      --config.sample.vae=ckpt/sd-vae-ft-ema   # optional: TensorBoard sample grids as images
 
 The converted weights are the official EMA weights; they become both the params and the EMA.
 Expected result (paper Table 1, FID-50K): DiT-XL/2 9.62 -> 2.59 with NAG alone (w_nag 3.0, 250 DDPM

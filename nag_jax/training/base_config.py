@@ -4,11 +4,13 @@ Key reference (validated by `config_validation.validate` before any compute):
   mode: "scratch" | "finetune" (init_from a converted model dir; its EMA weights become params and
     EMA) | "noise_estimator" (g_phi of appendix B.2, backbone from init_from, no EMA).
   model: the fields of `nag_jax.models.ModelConfig` (in finetune modes they must match the checkpoint,
-    except num_classes (a new label table; 0 = the data's class count) and dtype).
+    except num_classes (a new label table; 0 = the data's class count), dtype and remat).
   objective: label_dropout (to the null class), noise_dropout (to the pseudo level; pseudo_level
     None = 1001 DiT / 1.001 SiT), input_perturbation gamma (0 = off), diffusion / flow settings.
   optimizer: AdamW; schedule constant | cosine | linear after warmup_steps; grad_clip_norm 0 = off.
   data.kind: digits | folder (path) | tfds (tfds_name, data_dir) | latents (path of array_record latents).
+  sample: the periodic grid (every_steps 0 = off), without and with NAG; vae = a converted SD-VAE folder
+    that decodes latent samples to images (latent models only).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50_000, keep=3, async_save=True))
   c.log_every_steps = 100
   c.sample = ml_collections.ConfigDict(dict(every_steps=0, num_images=8, num_steps=50, nag_scale=3.0,
-                                            cfg_scale=1.0))
+                                            cfg_scale=1.0, vae=""))  # vae: converted SD-VAE dir to decode latents
   return c
 
 

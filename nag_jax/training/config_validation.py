@@ -8,7 +8,8 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from nag_jax.checkpoints import model_dir
+from nag_jax.checkpoints import model_dir, vae_convert
+from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.diffusion import NOISE_SCHEDULES
 from nag_jax.flow import PATH_TYPES
 from nag_jax.models.config import ModelConfig
@@ -133,6 +134,24 @@ def _check_consistency(p: list, c: ml_collections.ConfigDict, model: ModelConfig
     p.append("objective.label_dropout > 0 needs a null-class row: set model.class_dropout_prob > 0")
   if c.mode == "noise_estimator" and c.sample.every_steps:
     p.append("sample.every_steps must be 0 in noise_estimator mode (g_phi does not generate)")
+  if c.sample.vae:
+    _check_vae(p, c.sample.vae, c.data.kind, model)
+
+
+def _check_vae(p: list, path: str, data_kind: str, model: ModelConfig) -> None:
+  """sample.vae: a converted VAE whose latents the (latent) model generates."""
+  if data_kind != "latents":
+    p.append(f"sample.vae decodes latents, but data.kind is {data_kind!r} (pixel models need no VAE)")
+    return
+  try:
+    channels = vae_convert.read_config(path).latent_channels
+  except CheckpointError as e:
+    p.append(f"sample.vae: {e}")
+    return
+  if not (pathlib.Path(path) / vae_convert.PARAMS_DIR).is_dir():
+    p.append(f"sample.vae {path} is not a converted VAE (no {vae_convert.PARAMS_DIR}/): run python -m nag_jax.convert_vae")
+  elif channels != model.in_channels:
+    p.append(f"sample.vae has {channels} latent channels but model.in_channels is {model.in_channels}")
 
 
 def _check_batch(p: list, c: ml_collections.ConfigDict, num_devices: int) -> None:

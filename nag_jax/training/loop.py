@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from nag_jax.checkpoints import model_dir
+from nag_jax.checkpoints.vae_convert import load_vae
 from nag_jax.sharding import make_mesh
 from nag_jax.training import checkpointing, config_validation, init_state, input_pipeline, samples
 from nag_jax.training.objectives import create_objective
@@ -72,9 +73,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
                            accumulation_steps=config.optimizer.accumulation_steps, learning_rate_fn=schedule)
   sample_fn = None
   if config.sample.every_steps and writer is not None:
+    vae = load_vae(config.sample.vae)[:2] if config.sample.vae else None
     sample_fn = samples.make_sample_grid_fn(model_config, config.sample, mesh,
                                             jax.tree.map(lambda s: s.sharding, abstract_state.params),
-                                            config.objective.pseudo_level, config.seed)
+                                            config.objective.pseudo_level, config.seed, vae)
   pending: list[tuple[int, dict]] = []
   try:
     for step in range(start + 1, config.num_train_steps + 1):
