@@ -12,8 +12,8 @@ Levels are noise fractions (1 = noise); see `nag_jax/evaluation/noise_shift.py`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
+import dataclasses
 import json
 import pathlib
 import sys

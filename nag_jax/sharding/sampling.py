@@ -16,7 +16,8 @@ def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
 
   Returns build_sampler's dict, compiled once. Params (and the Domain-Guidance parent) follow the
   logical rules, labels and every NHWC output (latents, images, trajectory) are split over the batch
-  axes, the VAE, g_phi and injected noises are replicated. The k*B guidance branch batch inherits the split of the labels and the initial noise.
+  axes, the VAE, g_phi and injected noises are replicated. The k*B guidance branch batch inherits the
+  split of the labels and the initial noise.
   """
   rep = replicated(mesh)
   batch_axes = dict(RULES)["batch"]

@@ -149,7 +149,8 @@ def _check_vae(p: list, path: str, data_kind: str, model: ModelConfig) -> None:
     p.append(f"sample.vae: {e}")
     return
   if not (pathlib.Path(path) / vae_convert.PARAMS_DIR).is_dir():
-    p.append(f"sample.vae {path} is not a converted VAE (no {vae_convert.PARAMS_DIR}/): run python -m nag_jax.convert_vae")
+    p.append(f"sample.vae {path} is not a converted VAE (no {vae_convert.PARAMS_DIR}/): "
+             "run python -m nag_jax.convert_vae")
   elif channels != model.in_channels:
     p.append(f"sample.vae has {channels} latent channels but model.in_channels is {model.in_channels}")
 
