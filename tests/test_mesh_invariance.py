@@ -74,6 +74,13 @@ def test_train_steps_do_not_depend_on_the_mesh(results, mesh):
   assert diff <= 1e-5
 
 
+def test_the_sampling_cli_gives_the_same_samples_with_sharded_weights(results):
+  data, sharded = results["cli/8 data/latents"], results["cli/2 x 2 x 2/latents"]
+  diff = float(np.abs(sharded - data).max())
+  print(f"sampling CLI, 2 x 2 x 2 vs 8 data: {diff:.2e}")
+  assert data.shape == (BATCH, 8, 8, 4) and data.std() > 0.1 and diff <= 1e-5
+
+
 def test_guidance_branch_batch_is_split_over_the_data_axes(results):
   # NAG + CFG stacks 3 branches: the model sees 3 * BATCH rows, each device 3 * BATCH / devices.
   for name, shape in MESHES.items():
@@ -170,6 +177,18 @@ def _child(out_path):
         state, _ = step(state, jax.device_put(batch, {"x": xs, "y": sharding.batch_sharding(mesh)}))
       results.update(_flat(f"train/{name}/params/", state.params))
       results.update(_flat(f"train/{name}/ema/", state.ema_params))
+
+  # The sampling CLI: weights restored sharded by the rules (data only vs data x fsdp x tensor).
+  from nag_jax import checkpoints, sample as sample_cli  # pylint: disable=import-outside-toplevel
+  from nag_jax.sampling.config import default_sample_config  # pylint: disable=import-outside-toplevel
+  checkpoints.save(out_path.parent / "mesh_invariance_sit", params, model_cfg.replace(family="sit"), overwrite=True)
+  for name in ("8 data", "2 x 2 x 2"):
+    c = default_sample_config("sit", "nag_cfg")
+    c.checkpoint, c.out_dir = str(out_path.parent / "mesh_invariance_sit"), str(out_path.parent / f"cli {name}")
+    c.num_samples, c.batch_size, c.sampler.num_steps, c.labels = BATCH, BATCH, 4, "0,1,2,3,4,5,6,7"
+    c.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **MESHES[name]})
+    with np.load(sample_cli.run(c) / "latents.npz") as f:
+      results[f"cli/{name}/latents"] = f["latents"]
 
   config.model.update(get_model_config("DiT-B/2").to_dict())
   mesh = sharding.make_mesh({"fsdp": 8})
