@@ -8,13 +8,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.vae import AutoencoderKL
 from nag_jax.models.vae_io import decode_to_uint8
 from nag_jax.sampling.pipeline import METHODS, SamplerConfig, build_sampler
+from nag_jax.sharding import replicated
 
 
 def to_uint8(x: jax.Array) -> np.ndarray:
@@ -44,7 +45,7 @@ def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict
   decode = None if vae is None else functools.partial(decode_to_uint8, vae[0])
   fns = [build_sampler(model_config, sampler, GuidanceConfig(nag_scale=w, **base), decode=decode, jit=False)
          for w in (0.0, sc.nag_scale)]
-  rep = NamedSharding(mesh, P())
+  rep = replicated(mesh)
   vae_params = None if vae is None else jax.device_put(vae[1], rep)
 
   def both(params, decoder_params):
