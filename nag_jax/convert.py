@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from nag_jax.checkpoints import model_dir
+from nag_jax.destination import DestinationError
 from nag_jax.checkpoints.dit_convert import infer_config, torch_to_flax
 from nag_jax.checkpoints.torch_io import CheckpointError, read_state_dict
 
@@ -29,13 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   try:
-    if model_dir.holds_checkpoint(args.dst) and not args.overwrite:
-      raise CheckpointError(f"{args.dst} already holds a checkpoint; pass --overwrite to replace it")
+    model_dir.check_destination(args.dst, args.overwrite)
     sd, taken = read_state_dict(args.src, trust_pickle=args.trust_pickle)
     config = infer_config(sd, args.family, args.num_heads)
     params = torch_to_flax(sd, config, ignore_unexpected=args.ignore_unexpected)
     out = model_dir.save(args.dst, params, config, overwrite=args.overwrite, source=f"{args.src} ({taken})")
-  except CheckpointError as e:
+  except (CheckpointError, DestinationError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   n = sum(v.size for v in _leaves(params))

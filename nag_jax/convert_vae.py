@@ -10,6 +10,7 @@ import jax
 
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.checkpoints.vae_convert import convert
+from nag_jax.destination import DestinationError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   try:
     config, params = convert(args.src, args.dst, overwrite=args.overwrite)
-  except CheckpointError as e:
+  except (CheckpointError, DestinationError) as e:
     raise SystemExit(f"error: {e}") from None
   n = sum(v.size for v in jax.tree.leaves(params))
   print(f"converted {args.src} -> {args.dst}: {n:,} parameters, block_out_channels "

@@ -138,7 +138,7 @@ def test_nonstandard_width_needs_heads_and_dst_is_protected(tiny_sd, tmp_path, c
   src = save_pt(sd, tmp_path / "m.pt")
   expect_error(capsys, run_convert(src, tmp_path / "out"), "pass --num-heads")
   assert run_convert(src, tmp_path / "out", "--num-heads", "2") == 0
-  expect_error(capsys, run_convert(src, tmp_path / "out", "--num-heads", "2"), "already holds a checkpoint",
+  expect_error(capsys, run_convert(src, tmp_path / "out", "--num-heads", "2"), "already holds a converted model",
                "--overwrite")
   assert run_convert(src, tmp_path / "out", "--num-heads", "2", "--overwrite") == 0
   expect_error(capsys, export.main(["--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x.pt")]),

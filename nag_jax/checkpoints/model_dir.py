@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import tempfile
 
 import flax.linen as nn
 import jax
@@ -13,6 +12,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from nag_jax import destination
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, dummy_inputs
@@ -23,36 +23,41 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
-def holds_checkpoint(path: str | pathlib.Path) -> bool:
-  """True when `path` already holds a converted model (config or params)."""
-  path = pathlib.Path(path)
-  return (path / CONFIG_FILE).exists() or (path / PARAMS_DIR).exists()
+ARTIFACT_NAMES = frozenset({CONFIG_FILE, PARAMS_DIR})
 
 
-def write_params_dir(path: pathlib.Path, params, meta: dict) -> None:
+def check_destination(path: str | pathlib.Path, overwrite: bool, what: str = "converted model") -> pathlib.Path:
+  """Raises DestinationError unless `path` is new, empty, or (with overwrite) a model directory."""
+  return destination.check(path, names=ARTIFACT_NAMES, what=what, overwrite=overwrite)
+
+
+def write_params_dir(path: pathlib.Path, params, meta: dict, *, overwrite: bool = False,
+                     what: str = "converted model") -> None:
   """Writes `path/params` (Orbax) and `path/config.json` into a staging folder, then renames it into place.
 
-  In a multi-process run every process calls it with the same path: each writes the shards it owns of
-  the (globally sharded) params; process 0 writes the config and renames.
+  `path` must be new, empty, or (with `overwrite`) hold only a model directory's entries: nothing
+  else is ever deleted. In a multi-process run every process calls it with the same path: each
+  writes the shards it owns of the (globally sharded) params; process 0 writes the config and renames.
   """
   primary, multi = jax.process_index() == 0, jax.process_count() > 1
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = check_destination(path, overwrite, what)
   if multi:  # one staging name all processes agree on
-    staging = path.parent / f".{path.name}.staging"
-    if primary and staging.exists():
-      shutil.rmtree(staging)
+    name = f".{path.name}.staging"
+    if primary:
+      if (path.parent / name).exists():
+        shutil.rmtree(path.parent / name)
+      staging = destination.make_staging(path, name)
     multihost_utils.sync_global_devices(f"nag_jax staging {path}")
+    staging = path.parent / name
   else:
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = destination.make_staging(path)
   try:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(staging / PARAMS_DIR, params if multi else jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
     if primary:
       (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-      if path.exists():
-        shutil.rmtree(path)
-      staging.rename(path)
+      destination.commit(staging, path, names=ARTIFACT_NAMES, what=what)
   finally:
     if primary and staging.exists():
       shutil.rmtree(staging)
@@ -67,12 +72,10 @@ def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bo
   `pseudo_level`: the level the noise-unconditional branch was trained with, when not the family's default.
   """
   path = pathlib.Path(path).absolute()
-  if holds_checkpoint(path) and not overwrite:
-    raise CheckpointError(f"{path} already holds a checkpoint; pass --overwrite to replace it")
   meta = {"model": config.to_dict(), "source": source, "format": "nag_jax/1"}
   if pseudo_level is not None:
     meta["pseudo_level"] = float(pseudo_level)
-  write_params_dir(path, params, meta)
+  write_params_dir(path, params, meta, overwrite=overwrite)
   return path
 
 

@@ -127,19 +127,11 @@ def read_config(folder: str | pathlib.Path) -> VAEConfig:
     raise CheckpointError(f"{path} is not a usable AutoencoderKL config ({e})") from e
 
 
-def _check_dst(dst: pathlib.Path, overwrite: bool) -> None:
-  if dst.exists() and not dst.is_dir():
-    raise CheckpointError(f"{dst} is a file, not a folder")
-  if dst.exists() and any(dst.iterdir()) and not overwrite:
-    raise CheckpointError(f"{dst} already exists and is not empty; pass --overwrite to replace it")
-
-
 def save_vae(dst: str | pathlib.Path, params: dict, config: VAEConfig,
              overwrite: bool = False) -> pathlib.Path:
   """Writes `dst/params` (Orbax) and `dst/config.json` via a staging folder renamed into place."""
   dst = pathlib.Path(dst).absolute()
-  _check_dst(dst, overwrite)
-  model_dir.write_params_dir(dst, params, config.to_dict())
+  model_dir.write_params_dir(dst, params, config.to_dict(), overwrite=overwrite, what="converted VAE")
   return dst
 
 
@@ -147,7 +139,7 @@ def convert(src: str | pathlib.Path, dst: str | pathlib.Path,
             overwrite: bool = False) -> tuple[VAEConfig, dict]:
   """diffusers folder/file -> converted folder; all is read and validated before anything is written."""
   dst = pathlib.Path(dst)
-  _check_dst(dst, overwrite)
+  model_dir.check_destination(dst, overwrite, "converted VAE")
   config, sd = read_diffusers(src)
   params = torch_to_flax(sd, config)
   save_vae(dst, params, config, overwrite=overwrite)
