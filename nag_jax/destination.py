@@ -13,8 +13,10 @@ import shutil
 import tempfile
 import uuid
 
+from nag_jax.errors import UserError
 
-class DestinationError(ValueError):
+
+class DestinationError(UserError):
   """A destination cannot be written safely; the message says why in one sentence."""
 
 

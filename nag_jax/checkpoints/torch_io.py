@@ -7,8 +7,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+from nag_jax.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
   """A checkpoint cannot be read or does not fit the model; the message names the problem."""
 
 
