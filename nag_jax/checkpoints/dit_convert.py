@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import flax.linen as nn
 import jax
+import ml_dtypes
 import numpy as np
 
 from nag_jax.checkpoints.torch_io import CheckpointError
@@ -55,13 +56,29 @@ def _to_torch(a: np.ndarray, kind: str) -> np.ndarray:
   return {"linear": lambda x: x.T, "conv": lambda x: x.transpose(3, 2, 0, 1)}.get(kind, lambda x: x)(a)
 
 
+# The tensors infer_config reads the architecture from, and their ranks.
+_NDIMS = {"x_embedder.proj.weight": 4, "pos_embed": 3, "y_embedder.embedding_table.weight": 2,
+          "final_layer.linear.weight": 2, "blocks.0.mlp.fc1.weight": 2}
+
+
+def _torch_shape(flax_shape: tuple, kind: str) -> tuple:
+  """The official tensor's shape for a Flax param shape (the inverse layout of `_to_flax`)."""
+  if kind == "linear":
+    return tuple(flax_shape[::-1])
+  if kind == "conv":
+    return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
+  return tuple(flax_shape)
+
+
 def infer_config(sd: dict, family: str, num_heads: int | None = None) -> ModelConfig:
   """Reads patch, width, depth, input size, classes and learn_sigma off the tensors."""
-  required = ["x_embedder.proj.weight", "pos_embed", "y_embedder.embedding_table.weight",
-              "final_layer.linear.weight", "blocks.0.mlp.fc1.weight"]
-  missing = [k for k in required if k not in sd]
+  missing = [k for k in _NDIMS if k not in sd]
   if missing:
     raise CheckpointError(f"not a DiT/SiT state_dict: missing keys {missing}")
+  bad = [f"{k} has shape {np.shape(sd[k])}, not a non-empty {n}-D one" for k, n in _NDIMS.items()
+         if np.ndim(sd[k]) != n or 0 in np.shape(sd[k])]
+  if bad:
+    raise CheckpointError(f"not a DiT/SiT state_dict: {'; '.join(bad)}")
   hidden, in_ch, p, p2 = sd["x_embedder.proj.weight"].shape
   if p != p2:
     raise CheckpointError(f"x_embedder.proj.weight has non-square patches {p}x{p2}")
@@ -77,14 +94,30 @@ def infer_config(sd: dict, family: str, num_heads: int | None = None) -> ModelCo
   else:
     raise CheckpointError(f"final_layer.linear.weight has {out_rows} rows; a {family} model with patch {p} "
                           f"and {in_ch} channels needs {p * p * in_ch} or {p * p * in_ch * 2}")
-  heads = num_heads or heads_for_hidden(hidden)
-  if heads is None:
-    raise CheckpointError(f"hidden size {hidden} is not an official size: pass --num-heads")
+  heads = _heads(hidden, num_heads)
   mlp_ratio = sd["blocks.0.mlp.fc1.weight"].shape[0] / hidden
-  return ModelConfig(family=family, input_size=grid * p, patch_size=p, in_channels=in_ch,
-                     hidden_size=hidden, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
-                     num_classes=sd["y_embedder.embedding_table.weight"].shape[0] - 1,
-                     learn_sigma=learn_sigma)
+  try:
+    return ModelConfig(family=family, input_size=grid * p, patch_size=p, in_channels=in_ch,
+                       hidden_size=hidden, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
+                       num_classes=sd["y_embedder.embedding_table.weight"].shape[0] - 1,
+                       learn_sigma=learn_sigma)
+  except ValueError as e:  # e.g. a label table without classes: the tensors describe no valid model
+    raise CheckpointError(f"the tensors describe no valid {family} model: {e}") from e
+
+
+def _heads(hidden: int, num_heads: int | None) -> int:
+  """The attention head count: the given one (it must divide the width) or the official size's."""
+  if num_heads is None:
+    heads = heads_for_hidden(hidden)
+    if heads is None:
+      raise CheckpointError(f"hidden size {hidden} is not an official size, so the head count is unknown: "
+                            "pass --num-heads (a divisor of the width)")
+    return heads
+  if num_heads < 1:
+    raise CheckpointError(f"--num-heads must be >= 1, got {num_heads}")
+  if hidden % num_heads:
+    raise CheckpointError(f"--num-heads {num_heads} does not divide the width (hidden size) {hidden}")
+  return num_heads
 
 
 def abstract_params(config: ModelConfig, shardings=None):
@@ -117,26 +150,45 @@ def torch_to_flax(sd: dict, config: ModelConfig, ignore_unexpected: bool = False
   for tkey, (fpath, kind) in keymap.items():
     if tkey not in sd:
       continue
-    value = _to_flax(sd[tkey], kind)
-    if value.shape != shapes[fpath]:
-      problems.append(f"shape mismatch for {tkey}: expected {_to_torch(np.empty(shapes[fpath]), kind).shape}, "
-                      f"got {sd[tkey].shape}")
+    want = _torch_shape(shapes[fpath], kind)
+    if np.shape(sd[tkey]) != want:
+      problems.append(f"shape mismatch for {tkey}: expected {want}, got {np.shape(sd[tkey])}")
       continue
     node = params
     for name in fpath[:-1]:
       node = node.setdefault(name, {})
-    node[fpath[-1]] = np.asarray(value, np.float32)
+    node[fpath[-1]] = np.asarray(_to_flax(sd[tkey], kind), np.float32)
   if "pos_embed" in sd and not problems:
     table = sincos_2d(config.hidden_size, config.input_size // config.patch_size)[None]
     if sd["pos_embed"].shape != table.shape:
       problems.append(f"shape mismatch for pos_embed: expected {table.shape}, got {sd['pos_embed'].shape}")
-    elif np.abs(sd["pos_embed"] - table).max() > 1e-5:
-      problems.append("pos_embed differs from the fixed 2-D sin-cos table the model uses")
+    else:
+      precision, tol = stored_precision(sd["pos_embed"])
+      err = float(np.abs(sd["pos_embed"] - table).max())
+      if not err <= tol:
+        problems.append(f"pos_embed differs from the fixed 2-D sin-cos table the model uses by {err:.3g} "
+                        f"(more than the {tol:.3g} that {precision} rounding allows)")
+  nonfinite = [k for k, v in sd.items() if k in keymap and not np.isfinite(v).all()]
+  if nonfinite:
+    problems.append(f"NaN or inf values in {nonfinite}")
   if problems:
     raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
   if unexpected:
     warnings.warn(f"ignored unexpected keys: {unexpected}")
   return params
+
+
+def stored_precision(values: np.ndarray) -> tuple[str, float]:
+  """(name, tolerance) of the coarsest float type holding `values` exactly (bfloat16, float16, else float32).
+
+  Half-precision exports round the sin-cos table (|values| <= 1) to their type: the tolerance is one unit
+  in the last place at 1 (the type's epsilon), twice the largest rounding error; float32 keeps 1e-5.
+  """
+  v = np.asarray(values, np.float32)
+  for dtype in (ml_dtypes.bfloat16, np.float16):
+    if np.array_equal(v.astype(dtype).astype(np.float32), v):
+      return np.dtype(dtype).name, float(ml_dtypes.finfo(dtype).eps)
+  return "float32", 1e-5
 
 
 def flax_to_torch(params: dict, config: ModelConfig) -> OrderedDict:

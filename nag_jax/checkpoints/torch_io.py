@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -34,11 +35,7 @@ def read_state_dict(path: str | pathlib.Path, trust_pickle: bool = False) -> tup
   if not path.is_file():
     raise CheckpointError(f"checkpoint file {path} does not exist")
   if path.suffix == ".safetensors":
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    try:
-      return _to_numpy(load_file(str(path))), "safetensors state_dict"
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-      raise CheckpointError(f"{path} is not a readable .safetensors file ({e})") from e
+    return _to_numpy(_read_safetensors(path)), "safetensors state_dict"
   torch = _require_torch()
   try:
     if trust_pickle:
@@ -47,11 +44,40 @@ def read_state_dict(path: str | pathlib.Path, trust_pickle: bool = False) -> tup
       with torch.serialization.safe_globals([argparse.Namespace]):
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-    hint = "" if trust_pickle else (" If it is a checkpoint you trust that pickles other objects, "
-                                    "pass --trust-pickle.")
-    raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).{hint}") from e
+    raise CheckpointError(_load_failure(path, e, trust_pickle)) from e
   return _select_state_dict(obj, path)
+
+
+def _read_safetensors(path: pathlib.Path) -> dict:
+  """{name: numpy array} in the stored dtype (bfloat16 as ml_dtypes', which `safetensors.numpy.load_file` lacks)."""
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+  try:
+    with safe_open(str(path), framework="numpy") as f:
+      return OrderedDict((k, f.get_tensor(k)) for k in f.keys())
+  except Exception as e:  # safetensors raises its own error types for corrupt headers and data
+    raise CheckpointError(f"{path} is not a readable .safetensors file: the file is truncated, corrupt or not "
+                          f"safetensors ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+  """`Type: first line` of an exception (torch's weights-only wrapper skipped to the unpickler's own line)."""
+  text = str(e).strip()
+  marker = "WeightsUnpickler error: "
+  if marker in text:
+    text = text[text.index(marker) + len(marker):]
+  lines = text.splitlines()
+  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _load_failure(path: pathlib.Path, e: Exception, trust_pickle: bool) -> str:
+  """One sentence on why torch.load failed; --trust-pickle is advised only when a safe load refused a global."""
+  refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+  if refused and not trust_pickle:
+    return (f"{path} pickles {refused.group(1)}, which the safe loader refuses (it allows only tensors, plain "
+            "containers and argparse.Namespace); --trust-pickle would RUN code from the file, so pass it only "
+            "for a file from a source you trust")
+  return (f"{path} is not a readable PyTorch checkpoint: the file is truncated, corrupt or not a torch.save "
+          f"file ({_first_line(e)})")
 
 
 def _select_state_dict(obj, path) -> tuple[dict, str]:
@@ -64,12 +90,19 @@ def _select_state_dict(obj, path) -> tuple[dict, str]:
 
 
 def _to_numpy(sd: dict) -> dict:
+  """{name: float32 numpy} from tensors or arrays of a real dtype (half precision is widened exactly)."""
   out = OrderedDict()
   for k, v in sd.items():
-    if hasattr(v, "detach"):
+    if not isinstance(k, str):
+      raise CheckpointError(f"entry {k!r} has a {type(k).__name__} name, not a string: not a model state_dict")
+    if hasattr(v, "detach") and hasattr(v, "is_complex"):
+      if v.is_complex():
+        raise CheckpointError(f"entry {k!r} is a complex tensor ({v.dtype}): not a model state_dict")
       v = v.detach().cpu().float().numpy()
     if not isinstance(v, np.ndarray):
       raise CheckpointError(f"entry {k!r} is a {type(v).__name__}, not a tensor: not a model state_dict")
+    if v.dtype.kind not in "fiub" and v.dtype.name != "bfloat16":
+      raise CheckpointError(f"entry {k!r} has dtype {v.dtype}, not a real number type: not a model state_dict")
     out[k] = v.astype(np.float32)
   return out
 
