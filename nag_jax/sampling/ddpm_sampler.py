@@ -49,5 +49,5 @@ def sample_diffusion(diffusion: gd.GaussianDiffusion, denoise: seg.DenoiseSpec, 
       x, _ = gd.ddim_sample(diffusion, out, x, s["i"], noise, eta, clip_denoised)
     return x, (x if return_trajectory else None)
 
-  x, trajectory = seg.scan_segments(step, x, xs, segments)
+  x, trajectory = seg.scan_segments(step, x, xs, segments, seg.state_cell(segments, x))
   return common.SampleOutput(x, trajectory, n)

@@ -58,7 +58,8 @@ def sample_ode(transport: tr.Transport, denoise: seg.DenoiseSpec, x: jax.Array, 
     return x, (x if return_trajectory else None)
 
   xs = {"t0": grid[:-1], "t1": grid[1:], "dt": grid[1:] - grid[:-1]}
-  x, trajectory = seg.scan_segments(step, x, xs, seg.as_segments(denoise, num_steps - 1))
+  segments = seg.as_segments(denoise, num_steps - 1)
+  x, trajectory = seg.scan_segments(step, x, xs, segments, seg.state_cell(segments, x))
   return common.SampleOutput(x, trajectory, (num_steps - 1) * (1 if method == "euler" else 2))
 
 

@@ -90,10 +90,11 @@ def sample_sde(transport: tr.Transport, denoise: seg.DenoiseSpec, x: jax.Array,
   xs = {"k": np.arange(n_noisy, dtype=np.int32), "t": grid[:-1]}
   if noises is not None:
     xs["noise"] = noises
-  x, trajectory = seg.scan_segments(step, x, xs, seg.clip_segments(segments, n_noisy))
+  cell = seg.state_cell(segments, x)
+  x, trajectory = seg.scan_segments(step, x, xs, seg.clip_segments(segments, n_noisy), cell)
   nfe = n_noisy * (1 if method == "Euler" else 2)
   if last_step is not None:
-    fn, t = seg.denoise_at(segments, n_noisy), jnp.full(batch, t1, x.dtype)
+    fn, t = seg.bind(seg.denoise_at(segments, n_noisy), cell), jnp.full(batch, t1, x.dtype)
     if last_step == "Mean":
       x = x + drift(fn, x, t)[0] * last_step_size
     elif last_step == "Euler":
