@@ -13,11 +13,13 @@ SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 
 PATCHES = (2, 4, 8)
 # Pseudo noise level fed instead of t for the noise-unconditional branch (paper appendix B.1).
 PSEUDO_LEVEL = {"dit": 1001.0, "sit": 1.001}
+# Backends of jax.nn.dot_product_attention: "xla" runs everywhere; "cudnn" is the fused GPU kernel (bf16/fp16).
+ATTENTION = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Constructor arguments of the official `DiT(...)`/`SiT(...)` plus the family and compute dtype."""
+  """Constructor arguments of the official `DiT(...)`/`SiT(...)` plus the family, compute dtype and attention."""
   family: str = "dit"
   input_size: int = 32
   patch_size: int = 2
@@ -31,6 +33,7 @@ class ModelConfig:
   learn_sigma: bool = True
   time_scale: float = 1.0
   dtype: str = "float32"
+  attention: str = "xla"
   remat: bool = False  # recompute each block's activations in the backward pass: less memory, ~1/3 more FLOPs
 
   def __post_init__(self):
@@ -45,6 +48,10 @@ class ModelConfig:
       problems.append(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos table)")
     if self.dtype not in ("float32", "bfloat16"):
       problems.append(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.attention not in ATTENTION:
+      problems.append(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+    elif self.attention == "cudnn" and self.dtype != "bfloat16":
+      problems.append("attention 'cudnn' needs dtype 'bfloat16' (the fused kernel has no float32 path)")
     for name in ("input_size", "patch_size", "in_channels", "depth", "num_classes"):
       if getattr(self, name) < 1:
         problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from nag_jax.models import initializers as init
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+from nag_jax.models.layers import dense
 from nag_jax.sharding import constrain
 
 
@@ -24,53 +25,55 @@ def layer_norm(x: jax.Array) -> jax.Array:
   return ((x32 - mean) * jax.lax.rsqrt(var + 1e-6)).astype(x.dtype)
 
 
-def dense(features: int, names: tuple, dtype, kernel_init=init.xavier, name: str | None = None):
-  """nn.Dense with logical axis names on kernel and bias (bias zero-initialised as officially)."""
-  return nn.Dense(features, dtype=dtype, name=name,
-                  kernel_init=init.partitioned(kernel_init, names),
-                  bias_init=init.partitioned(init.zeros, names[-1:]))
+def norm_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, dtype) -> jax.Array:
+  """modulate(LayerNorm(x)) in float32 as one elementwise fusion, cast once to the next dot's dtype."""
+  return modulate(layer_norm(x.astype(jnp.float32)), shift, scale).astype(dtype)
 
 
 class Attention(nn.Module):
-  """timm Attention: fused qkv (q, k, v thirds, heads contiguous), softmax in float32, projection."""
+  """timm Attention: fused qkv (q, k, v thirds, heads contiguous), softmax in float32, projection.
+
+  q, k, v are slices of the qkv output in (B, T, heads, head_dim) layout, which is what
+  `jax.nn.dot_product_attention` takes, so no transpose is materialised; `implementation` picks its backend.
+  """
   hidden_size: int
   num_heads: int
   dtype: jnp.dtype = jnp.float32
+  implementation: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
-    dh = d // self.num_heads
     qkv = dense(3 * d, ("embed", "heads"), self.dtype, name="qkv")(x)
-    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, dh), 2, 0)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * dh ** -0.5
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
-    return dense(d, ("heads", "embed"), self.dtype, name="proj")(out)
+    qkv = qkv.astype(self.dtype).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                       implementation=self.implementation)
+    return dense(d, ("heads", "embed"), self.dtype, name="proj")(out.reshape(b, n, d))
 
 
 class DiTBlock(nn.Module):
-  """Transformer block with adaLN-Zero conditioning (official DiTBlock)."""
+  """Transformer block with adaLN-Zero conditioning (official DiTBlock); residual stream in float32."""
   hidden_size: int
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-    d = self.hidden_size
+    d, dt = self.hidden_size, self.dtype
     tokens = ("batch", "length", "act_embed")
     x, c = constrain(x, *tokens), constrain(c, "batch", "act_embed")
-    mod = dense(6 * d, ("embed", "mlp"), self.dtype, kernel_init=init.zeros,
+    mod = dense(6 * d, ("embed", "mlp"), dt, kernel_init=init.zeros,
                 name="adaLN_modulation")(nn.silu(c))
     mod = constrain(mod, "batch", "act_embed")
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-    h = Attention(d, self.num_heads, self.dtype, name="attn")(modulate(layer_norm(x), shift_msa, scale_msa))
+    h = Attention(d, self.num_heads, dt, self.attention, name="attn")(norm_modulate(x, shift_msa, scale_msa, dt))
     x = x + gate_msa[:, None] * constrain(h, *tokens)
-    h = modulate(layer_norm(x), shift_mlp, scale_mlp)
-    h = constrain(dense(int(d * self.mlp_ratio), ("embed", "mlp"), self.dtype, name="fc1")(h),
+    h = norm_modulate(x, shift_mlp, scale_mlp, dt)
+    h = constrain(dense(int(d * self.mlp_ratio), ("embed", "mlp"), dt, name="fc1")(h),
                   "batch", "length", "mlp")
-    h = constrain(dense(d, ("mlp", "embed"), self.dtype, name="fc2")(nn.gelu(h, approximate=True)), *tokens)
+    h = constrain(dense(d, ("mlp", "embed"), dt, name="fc2")(nn.gelu(h, approximate=True)), *tokens)
     return constrain(x + gate_mlp[:, None] * h, *tokens)
 
 
@@ -86,9 +89,8 @@ class FinalLayer(nn.Module):
     mod = dense(2 * self.hidden_size, ("embed", "mlp"), self.dtype, kernel_init=init.zeros,
                 name="adaLN_modulation")(nn.silu(c))
     shift, scale = jnp.split(mod, 2, axis=-1)
-    x = modulate(layer_norm(x), shift, scale)
     return dense(self.patch_size ** 2 * self.out_channels, ("embed", "patch_out"), self.dtype,
-                 kernel_init=init.zeros, name="linear")(x)
+                 kernel_init=init.zeros, name="linear")(norm_modulate(x, shift, scale, self.dtype))
 
 
 class DiT(nn.Module):
@@ -105,7 +107,7 @@ class DiT(nn.Module):
     self.t_embedder = TimestepEmbedder(cfg.hidden_size, cfg.time_scale, dt)
     self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size, cfg.class_dropout_prob > 0)
     block = nn.remat(DiTBlock) if cfg.remat else DiTBlock  # same params, activations recomputed
-    self.blocks = [block(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, dt) for _ in range(cfg.depth)]
+    self.blocks = [block(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, dt, cfg.attention) for _ in range(cfg.depth)]
     self.final_layer = FinalLayer(cfg.hidden_size, cfg.patch_size, cfg.out_channels, dt)
 
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
@@ -123,10 +125,9 @@ class DiT(nn.Module):
     if (h, w) != (cfg.input_size, cfg.input_size) or x.shape[-1] != cfg.in_channels:
       raise ValueError(f"expected x of shape (B, {cfg.input_size}, {cfg.input_size}, {cfg.in_channels}) "
                        f"(NHWC), got {x.shape}")
-    tokens = self.x_embedder(x.astype(cfg.compute_dtype)).reshape(b, -1, cfg.hidden_size)
-    pos = sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size)
-    tokens = tokens + jnp.asarray(pos, cfg.compute_dtype)[None]
-    c = self.t_embedder(t) + self.y_embedder(y).astype(cfg.compute_dtype)
+    tokens = self.x_embedder(x.astype(cfg.compute_dtype)).reshape(b, -1, cfg.hidden_size).astype(jnp.float32)
+    tokens = tokens + jnp.asarray(sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size))[None]
+    c = self.t_embedder(t) + self.y_embedder(y)
     for block in self.blocks:
       tokens = block(tokens, c)
     return tokens, c
@@ -145,6 +146,19 @@ def init_params(config: ModelConfig, key: jax.Array, batch: int = 1):
   model = DiT(config)
   x, t, y = dummy_inputs(config, batch)
   return nn.meta.unbox(model.init(key, x, t, y)["params"])
+
+
+def cast_for_compute(params, config: ModelConfig):
+  """Params with every dot kernel cast to the compute dtype, once, before a loop of forwards.
+
+  Inside the model each kernel is cast again, which is then a no-op; biases, the label table and
+  everything elementwise stay float32.
+  """
+  if config.compute_dtype == jnp.float32:
+    return params
+  def cast(path, leaf):
+    return leaf.astype(config.compute_dtype) if getattr(path[-1], "key", None) == "kernel" else leaf
+  return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def dummy_inputs(config: ModelConfig, batch: int = 1):

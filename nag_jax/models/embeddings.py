@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.models import initializers as init
+from nag_jax.models.layers import Dense
 
 FREQ_DIM = 256  # frequency_embedding_size of the official TimestepEmbedder
 
@@ -33,13 +34,13 @@ class TimestepEmbedder(nn.Module):
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
     freq = timestep_embedding(t * self.time_scale)
-    h = nn.Dense(self.hidden_size, dtype=self.dtype, name="mlp_0",
-                 kernel_init=init.partitioned(init.normal002, ("freq", "embed")),
-                 bias_init=init.partitioned(nn.initializers.zeros, ("embed",)))(freq)
+    h = Dense(self.hidden_size, dtype=self.dtype, name="mlp_0",
+              kernel_init=init.partitioned(init.normal002, ("freq", "embed")),
+              bias_init=init.partitioned(init.zeros, ("embed",)))(freq)
     h = nn.silu(h)
-    return nn.Dense(self.hidden_size, dtype=self.dtype, name="mlp_2",
-                    kernel_init=init.partitioned(init.normal002, ("mlp", "embed")),
-                    bias_init=init.partitioned(nn.initializers.zeros, ("embed",)))(h)
+    return Dense(self.hidden_size, dtype=self.dtype, name="mlp_2",
+                 kernel_init=init.partitioned(init.normal002, ("mlp", "embed")),
+                 bias_init=init.partitioned(init.zeros, ("embed",)))(h)
 
 
 class LabelEmbedder(nn.Module):

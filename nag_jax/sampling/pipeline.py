@@ -13,7 +13,7 @@ from nag_jax.guidance import Branched, GuidanceConfig, make_segments
 from nag_jax.guidance.baselines import Schedule
 from nag_jax.guidance.classifier_nag import Estimator
 from nag_jax.models.config import ModelConfig
-from nag_jax.models.dit import DiT
+from nag_jax.models.dit import DiT, cast_for_compute
 from nag_jax.models.noise_estimator import NoiseEstimator
 from nag_jax.sampling import common
 from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_levels, sample_diffusion
@@ -119,9 +119,11 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     return lambda p, x, t, y: module.apply({"params": p}, x, t, y)
 
   def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
-    main = Branched(apply(model), params, model_config.null_class, model_config.in_channels)
-    par = None if parent is None else Branched(apply(parent), parent_params, parent_config.null_class,
-                                               parent_config.in_channels)
+    # Kernels cast to the compute dtype once here, outside the step loop; the sampler state stays float32.
+    main = Branched(apply(model), cast_for_compute(params, model_config), model_config.null_class,
+                    model_config.in_channels)
+    par = None if parent is None else Branched(apply(parent), cast_for_compute(parent_params, parent_config),
+                                               parent_config.null_class, parent_config.in_channels)
     est = None if estimator is None else Estimator(
         lambda p, x, y: estimator.apply({"params": p}, x, y), estimator_params)
     segs = make_segments(main, labels, guidance, nu, pseudo, par, schedule=schedule, estimator=est)
