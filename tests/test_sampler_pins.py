@@ -1,0 +1,33 @@
+"""Every guidance preset's sampler, around a fixed stand-in network, is the program it was when pinned.
+
+The pins (tests/data/sampler_pins.npz, written by `python tests/sampler_pins.py` before the process-layer
+refactor) hold each case's jaxpr equation count and output; a refactor of guidance, sampling or the
+process layer must leave both unchanged.
+"""
+import numpy as np
+import pytest
+
+import sampler_pins
+
+
+@pytest.fixture(scope="module")
+def measured():
+  return sampler_pins.measure()
+
+
+@pytest.fixture(scope="module")
+def pinned():
+  with np.load(sampler_pins.PINS) as f:
+    return dict(f)
+
+
+def test_every_case_is_pinned(measured, pinned):
+  assert sorted(measured) == sorted(pinned)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in sampler_pins.cases()])
+def test_sampler_program_and_output_are_unchanged(measured, pinned, name):
+  assert int(measured[f"{name}/eqns"]) == int(pinned[f"{name}/eqns"])
+  out, ref = measured[f"{name}/out"], pinned[f"{name}/out"]
+  assert np.isfinite(ref).all() and np.abs(ref).max() > 0
+  np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
