@@ -7,14 +7,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nag_jax import cli
 from nag_jax.checkpoints import model_dir
-from nag_jax.destination import DestinationError
 from nag_jax.checkpoints.dit_convert import infer_config, torch_to_flax
-from nag_jax.checkpoints.torch_io import CheckpointError, read_state_dict
+from nag_jax.checkpoints.torch_io import read_state_dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m nag_jax.convert", description=__doc__.splitlines()[0])
+  """The command line (see the module docstring); a bad flag raises UserError."""
+  p = cli.ArgumentParser(prog="python -m nag_jax.convert", description=__doc__.splitlines()[0])
   p.add_argument("--src", required=True, help="official checkpoint: state_dict or train.py dict")
   p.add_argument("--dst", required=True, help="output directory (Orbax params + config.json)")
   p.add_argument("--family", required=True, choices=["dit", "sit"], help="dit: eps+variance; sit: velocity")
@@ -27,17 +28,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None) -> int:
+  """Converts --src into --dst; an expected failure is one `error:` line and code 2, with --dst untouched."""
   args = parse_args(argv)
-  try:
-    model_dir.check_destination(args.dst, args.overwrite)
-    sd, taken = read_state_dict(args.src, trust_pickle=args.trust_pickle)
-    config = infer_config(sd, args.family, args.num_heads)
-    params = torch_to_flax(sd, config, ignore_unexpected=args.ignore_unexpected)
-    out = model_dir.save(args.dst, params, config, overwrite=args.overwrite, source=f"{args.src} ({taken})")
-  except (CheckpointError, DestinationError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  model_dir.check_destination(args.dst, args.overwrite)
+  sd, taken = read_state_dict(args.src, trust_pickle=args.trust_pickle)
+  config = infer_config(sd, args.family, args.num_heads)
+  params = torch_to_flax(sd, config, ignore_unexpected=args.ignore_unexpected)
+  out = model_dir.save(args.dst, params, config, overwrite=args.overwrite, source=f"{args.src} ({taken})")
   n = sum(v.size for v in _leaves(params))
   print(f"converted {args.src} ({taken}) -> {out}\n  {config}\n  {n:,} parameters (+{config.num_tokens * config.hidden_size:,} "
         "in the fixed position table)")

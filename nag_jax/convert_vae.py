@@ -5,17 +5,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 
-from nag_jax.checkpoints.torch_io import CheckpointError
+from nag_jax import cli
 from nag_jax.checkpoints.vae_convert import convert
-from nag_jax.destination import DestinationError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """The command line: --src, --dst, --overwrite."""
-  p = argparse.ArgumentParser(prog="python -m nag_jax.convert_vae", description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog="python -m nag_jax.convert_vae", description=__doc__.splitlines()[0])
   p.add_argument("--src", required=True,
                  help="diffusers VAE folder (config.json + diffusion_pytorch_model.*) or its weights file")
   p.add_argument("--dst", required=True, help="output folder (params/ from Orbax + config.json)")
@@ -23,18 +23,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-  """Converts, or exits with a one-sentence error (SystemExit) having written nothing."""
+@cli.entry_point
+def main(argv: list[str] | None = None) -> int:
+  """Converts; an expected failure is one `error:` line and code 2, having written nothing."""
   args = parse_args(argv)
-  try:
-    config, params = convert(args.src, args.dst, overwrite=args.overwrite)
-  except (CheckpointError, DestinationError) as e:
-    raise SystemExit(f"error: {e}") from None
+  config, params = convert(args.src, args.dst, overwrite=args.overwrite)
   n = sum(v.size for v in jax.tree.leaves(params))
   print(f"converted {args.src} -> {args.dst}: {n:,} parameters, block_out_channels "
         f"{list(config.block_out_channels)}, latent_channels {config.latent_channels}, "
         f"scaling_factor {config.scaling_factor}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -24,6 +24,7 @@ from nag_jax.sharding import multihost
 from nag_jax.training import create_objective, get_base_config, init_state, jit_train_step, samples
 
 BATCH, STEPS = 8, 3
+TAG = "0123456789ab"  # the protocol hash of the parts (the sampling CLI derives it from run.json)
 
 
 def config():
@@ -77,7 +78,7 @@ def main(out_dir: pathlib.Path, num_processes: int, process_id: int, port: int) 
     labels = np.arange(BATCH, dtype=np.int32) % 10
     out = run(state.params, jax.random.key(7), global_array(mesh, rows, labels))
     for r, data in multihost.owned_shards(out["latents"]):
-      writer.write_part(out_dir / "samples", 0, r.start or 0, data, labels[r])
+      writer.write_part(out_dir / "samples", 0, r.start or 0, TAG, data, labels[r])
   print(f"process {jax.process_index()} of {jax.process_count()}: rows {rows.start}:{rows.stop} done")
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from nag_jax import checkpoints
 from nag_jax.sampling import writer
+from tests.multihost_worker import TAG
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 
@@ -89,9 +90,9 @@ def test_two_processes_sample_like_one_without_collisions(runs):
   root = runs
   # One file per block of rows (data x fsdp = 4 blocks of 2), each written by exactly one device.
   parts = sorted(p.name for p in (root / "two" / "samples" / "parts").iterdir())
-  assert parts == [writer.part_path(pathlib.Path(), 0, start).name for start in (0, 2, 4, 6)]
-  ref, ref_labels = writer.merge_parts(root / "reference" / "samples", 8)
-  two, two_labels = writer.merge_parts(root / "two" / "samples", 8)
+  assert parts == [writer.part_path(pathlib.Path(), 0, start, TAG).name for start in (0, 2, 4, 6)]
+  ref, ref_labels = writer.merge_parts(root / "reference" / "samples", 8, TAG)
+  two, two_labels = writer.merge_parts(root / "two" / "samples", 8, TAG)
   np.testing.assert_array_equal(two_labels, ref_labels)
   diff = float(np.abs(two - ref).max())
   print(f"samples, two processes vs one: max abs diff {diff:.2e}")

@@ -1,5 +1,6 @@
 """SD-VAE: parity with diffusers' PyTorch AutoencoderKL (random weights, nothing downloaded) and conversion."""
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -162,7 +163,7 @@ def test_flax_to_torch_round_trip_loads_strictly(saved):
     np.testing.assert_array_equal(fresh.state_dict()[k].numpy(), v.numpy(), err_msg=k)
 
 
-def test_cli_writes_orbax_that_load_vae_restores(saved, tmp_path):
+def test_cli_writes_orbax_that_load_vae_restores(saved, tmp_path, capsys):
   model, folder = saved("tiny")
   dst = tmp_path / "vae"
   convert_main(["--src", str(folder), "--dst", str(dst)])
@@ -175,14 +176,14 @@ def test_cli_writes_orbax_that_load_vae_restores(saved, tmp_path):
   assert np.abs(_nchw(got) - ref).max() <= TOL
 
   before = {p: p.stat().st_mtime_ns for p in dst.rglob("*")}
-  with pytest.raises(SystemExit, match="--overwrite"):
-    convert_main(["--src", str(folder), "--dst", str(dst)])
+  assert convert_main(["--src", str(folder), "--dst", str(dst)]) == 2
+  assert "--overwrite" in capsys.readouterr().err
   assert {p: p.stat().st_mtime_ns for p in dst.rglob("*")} == before
   convert_main(["--src", str(folder), "--dst", str(dst), "--overwrite"])
   assert vae_convert.load_vae(dst)[2] == config
 
 
-def test_bad_inputs_exit_with_a_message_and_write_nothing(saved, tmp_path):
+def test_bad_inputs_exit_with_a_message_and_write_nothing(saved, tmp_path, capsys):
   _, tiny = saved("tiny")
   _, sd_layout = saved("sd_layout")
   (tmp_path / "no_weights").mkdir()
@@ -216,8 +217,9 @@ def test_bad_inputs_exit_with_a_message_and_write_nothing(saved, tmp_path):
   }
   for name, (src, message) in cases.items():
     dst = tmp_path / f"out_{name}"
-    with pytest.raises(SystemExit, match=message):
-      convert_main(["--src", str(src), "--dst", str(dst)])
+    assert convert_main(["--src", str(src), "--dst", str(dst)]) == 2, name
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and re.match(f"error: .*{message}", err), (name, err)
     assert not dst.exists(), name
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
 

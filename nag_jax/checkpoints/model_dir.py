@@ -1,7 +1,9 @@
 """A converted model directory: Orbax params + `config.json`; written atomically, loaded by `load`."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
 import shutil
 
@@ -77,6 +79,28 @@ def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bo
     meta["pseudo_level"] = float(pseudo_level)
   write_params_dir(path, params, meta, overwrite=overwrite)
   return path
+
+
+def identity(path: str | pathlib.Path) -> str:
+  """A short hash naming a written directory (model, VAE or g_phi) without reading its weights.
+
+  It covers config.json, the Orbax tree metadata and the name and size of every params file (Orbax
+  names data files at random on each write), so a copied folder keeps its identity and a rewritten one
+  gets a new one. CheckpointError when `path` has no config.json.
+  """
+  path = pathlib.Path(path).absolute()
+  if not (path / CONFIG_FILE).is_file():
+    raise CheckpointError(f"{path} is not a converted directory: {CONFIG_FILE} is missing")
+  h = hashlib.sha256((path / CONFIG_FILE).read_bytes())
+  params = path / PARAMS_DIR
+  if (params / "_METADATA").is_file():
+    h.update((params / "_METADATA").read_bytes())
+  for root, dirs, files in os.walk(params):
+    dirs.sort()
+    for name in sorted(files):
+      f = pathlib.Path(root) / name
+      h.update(f"{f.relative_to(params)}:{f.stat().st_size};".encode())
+  return h.hexdigest()[:16]
 
 
 def read_pseudo_level(path: str | pathlib.Path) -> float | None:

@@ -5,6 +5,7 @@ import dataclasses
 
 import ml_collections
 
+from nag_jax.errors import UserError
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.sampling.pipeline import SamplerConfig
 from nag_jax.sharding.mesh import default_mesh_config
@@ -23,6 +24,7 @@ def default_sample_config(family: str, preset: str = "nag") -> ml_collections.Co
   c.estimator = ""             # g_phi directory, needed only by classifier-based NAG
   c.pixel_space = False        # the model works on images in [-1, 1] directly (the demo's digits)
   c.out_dir = "samples"
+  c.overwrite = False          # True: clear out_dir's samples and start afresh (else resume the same protocol)
   c.num_samples = 64
   c.batch_size = 16            # global batch per compiled call (split over devices and processes)
   c.seed = 0
@@ -43,6 +45,32 @@ def default_sample_config(family: str, preset: str = "nag") -> ml_collections.Co
   c.sampler.last_step = ml_collections.config_dict.placeholder(str)  # typed str, may be set to None
   c.sampler.last_step = "Mean"
   return c
+
+
+def check(c: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first bad key among those checked before anything is read or written."""
+  if not c.checkpoint:
+    raise UserError("--config.checkpoint is required (a directory written by python -m nag_jax.convert)")
+  for key in ("num_samples", "batch_size"):
+    if not isinstance(c[key], int) or c[key] < 1:
+      raise UserError(f"--config.{key} must be a positive integer, got {c[key]!r}")
+  if not isinstance(c.grid_size, int) or c.grid_size < 0:
+    raise UserError(f"--config.grid_size must be an integer >= 0, got {c.grid_size!r}")
+  if not c.out_dir:
+    raise UserError("--config.out_dir must name a folder")
+  if c.labels:
+    parse_labels(c.labels)
+
+
+def parse_labels(labels: str, num_classes: int | None = None) -> list[int]:
+  """The class ids of a `labels` string ("3,7"); UserError unless they are integers in [0, num_classes)."""
+  try:
+    ids = [int(v) for v in str(labels).split(",")]
+  except ValueError:
+    raise UserError(f"--config.labels must be comma-separated class ids, got {labels!r}") from None
+  if num_classes is not None and (min(ids) < 0 or max(ids) >= num_classes):
+    raise UserError(f"--config.labels must be class ids in [0, {num_classes}), got {labels}")
+  return ids
 
 
 def to_dataclasses(c: ml_collections.ConfigDict) -> tuple[SamplerConfig, GuidanceConfig]:

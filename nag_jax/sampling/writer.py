@@ -1,33 +1,121 @@
-"""Resumable sample writing: per-batch part files, then an ADM `samples.npz` and a PNG grid."""
+"""Resumable sample writing keyed on the sampling protocol: per-batch parts, `samples.npz`, a PNG grid.
+
+`run.json` records the protocol (everything that determines the samples) before the first part is
+written, and every part's name carries the protocol's hash, so a rerun into the same folder continues
+only the same protocol; another one is refused naming the keys that differ, or (overwrite) starts afresh.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
+import re
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from nag_jax import destination
 
-def part_path(out_dir: pathlib.Path, batch: int, start: int) -> pathlib.Path:
-  return out_dir / "parts" / f"batch{batch:06d}_row{start:08d}.npz"
+RUN_FILE = "run.json"
+PARTS_DIR = "parts"
+# Everything a sampling run writes into its out_dir (fnmatch patterns): only these are ever replaced.
+ARTIFACT_NAMES = frozenset({RUN_FILE, PARTS_DIR, "samples.npz", "latents.npz", "grid.png", ".*.staging.*"})
+WHAT = "sampling output folder"
+_PART = re.compile(r"batch(\d{6})_row(\d{8})_([0-9a-f]{12})\.npz")
 
 
-def write_part(out_dir: pathlib.Path, batch: int, start: int, images: np.ndarray, labels: np.ndarray) -> None:
+class ProtocolError(destination.DestinationError):
+  """out_dir holds samples written under another protocol; the message names the differing keys."""
+
+
+def protocol_hash(protocol: dict[str, Any]) -> str:
+  """12 hex digits naming a protocol (its canonical JSON)."""
+  return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def differing_keys(old: dict, new: dict) -> list[str]:
+  """Dotted keys whose values differ between two protocols (after a JSON round trip)."""
+  a, b = (_flat(json.loads(json.dumps(p, default=str))) for p in (old, new))
+  return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def prepare(out_dir: str | pathlib.Path, protocol: dict[str, Any], *, overwrite: bool,
+            write: bool = True) -> pathlib.Path:
+  """Checks out_dir for `protocol`; with `write`, clears it (overwrite) and records the protocol.
+
+  Refuses a foreign folder, a file, and (without overwrite) samples of another protocol or parts with
+  no run.json. Stale `*.tmp.npz` parts of ours are removed. Returns the absolute out_dir.
+  """
+  out_dir = destination.check(out_dir, names=ARTIFACT_NAMES, what=WHAT, overwrite=overwrite, resume=True)
+  run_file = out_dir / RUN_FILE
+  if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    try:
+      old = json.loads(run_file.read_text())["protocol"]
+    except (OSError, ValueError, KeyError, TypeError):
+      raise ProtocolError(f"{out_dir} holds sampling output without a readable {RUN_FILE} protocol, so it cannot "
+                          "be resumed safely; pass --config.overwrite=True to start afresh, or choose another "
+                          "out_dir") from None
+    diff = differing_keys(old, protocol)
+    if diff:
+      raise ProtocolError(f"{out_dir} holds samples of another protocol (different {', '.join(diff)}); pass "
+                          "--config.overwrite=True to start afresh, or choose another out_dir")
+  if write:
+    if overwrite and out_dir.is_dir():
+      destination.clear(out_dir, ARTIFACT_NAMES, WHAT)
+    (out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / PARTS_DIR).glob("batch*_row*.tmp.npz"):
+      stale.unlink()
+    if not run_file.exists() or overwrite:
+      write_json(run_file, {"protocol": protocol, "protocol_hash": protocol_hash(protocol)})
+  return out_dir
+
+
+def write_json(path: pathlib.Path, data: dict) -> None:
+  """Writes JSON atomically (staging file beside it, then rename)."""
+  destination.write_file(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)), what="JSON",
+                         overwrite=True)
+
+
+def part_path(out_dir: pathlib.Path, batch: int, start: int, protocol: str) -> pathlib.Path:
+  """The part file of rows from `start` of global batch `batch` under protocol hash `protocol`."""
+  return out_dir / PARTS_DIR / f"batch{batch:06d}_row{start:08d}_{protocol}.npz"
+
+
+def write_part(out_dir: pathlib.Path, batch: int, start: int, protocol: str, images: np.ndarray,
+               labels: np.ndarray) -> None:
   """Writes one process's rows of one batch atomically (tmp file, then rename)."""
-  path = part_path(out_dir, batch, start)
+  path = part_path(out_dir, batch, start, protocol)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp.npz")
   np.savez(tmp, images=images, labels=labels)
   tmp.rename(path)
 
 
-def merge_parts(out_dir: pathlib.Path, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-  """All written rows in order, cut to num_samples: (uint8 NHWC images, labels)."""
-  parts = sorted((out_dir / "parts").glob("batch*_row*.npz"), key=lambda p: int(p.stem.split("_row")[1]))
+def merge_parts(out_dir: pathlib.Path, num_samples: int, protocol: str) -> tuple[np.ndarray, np.ndarray]:
+  """The rows written under `protocol`, in order, cut to num_samples: (uint8 NHWC images, labels).
+
+  Other files in parts/ (temporary parts of a killed run, parts of a cleared protocol) are ignored.
+  """
+  parts = []
+  for p in (out_dir / PARTS_DIR).iterdir():
+    m = _PART.fullmatch(p.name)
+    if m and m.group(3) == protocol:
+      parts.append((int(m.group(2)), p))
   images, labels = [], []
-  for p in parts:
+  for _, p in sorted(parts):
     with np.load(p) as f:
       images.append(f["images"])
       labels.append(f["labels"])
+  if not images:
+    raise ValueError(f"{out_dir / PARTS_DIR} holds no parts of protocol {protocol}")
   return np.concatenate(images)[:num_samples], np.concatenate(labels)[:num_samples]
 
 

@@ -1,0 +1,149 @@
+"""One error convention for every command: an expected failure is one `error: ...` line and exit code 2.
+
+Expected failures are bad input a user can fix: `UserError` and its subclasses (checkpoint, destination,
+config), other `ValueError`s from validation, missing files, refused permissions, argparse / absl flag and
+ml_collections override errors, a non-finite loss, and a missing optional package. Anything else is a
+bug and keeps its traceback; `--verbose` prints the traceback of expected failures too.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import re
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from nag_jax.errors import UserError
+
+EXIT_USAGE = 2
+VERBOSE_FLAG = "--verbose"
+# Optional packages and what to install for them (pip names); any other missing third-party module is
+# reported the same way, with its own name.
+OPTIONAL_PACKAGES = {"tensorflow": "tensorflow-cpu", "tensorflow_datasets": "tensorflow-datasets",
+                     "clu": "clu", "torch": "torch", "safetensors": "safetensors", "matplotlib": "matplotlib",
+                     "sklearn": "scikit-learn", "array_record": "array-record"}
+EXPECTED = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            FloatingPointError, ModuleNotFoundError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with `--verbose`, whose usage errors raise UserError (one line) instead of printing usage."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.add_argument(VERBOSE_FLAG, action="store_true", help="print tracebacks of expected errors too")
+
+  def error(self, message: str):
+    raise UserError(message)
+
+
+def _absl_message(e: Exception) -> str:
+  """The useful sentence of an absl / config_flags error (the last line of an embedded traceback)."""
+  text = str(e)
+  if "Traceback (most recent call last)" in text:
+    flag = text.split(":", 1)[0]
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return f"{flag}: {last.split(': ', 1)[-1]}" if ": " in last else f"{flag}: {last}"
+  return text
+
+
+def message(e: BaseException) -> str | None:
+  """The one-line message of an expected failure, or None when `e` is a bug (keep the traceback)."""
+  if isinstance(e, ModuleNotFoundError):
+    top = (e.name or "").split(".")[0]
+    if not top or top == "nag_jax":
+      return None  # a module of this project is missing: a broken install or a bug
+    return (f"this needs the optional package {top!r}, which is not installed "
+            f"(pip install {OPTIONAL_PACKAGES.get(top, top)})")
+  if _is_absl_error(e):
+    text = _absl_message(e)
+  elif isinstance(e, EXPECTED):
+    text = str(e) if str(e) else type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+      text = f"{e.filename}: {e.strerror}"
+  else:
+    return None
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[0] if lines else type(e).__name__
+
+
+def _is_absl_error(e: BaseException) -> bool:
+  flags_errors = sys.modules.get("absl.flags._exceptions")
+  return flags_errors is not None and isinstance(e, flags_errors.Error)
+
+
+def wants_verbose(argv: Sequence[str] | None) -> bool:
+  """True when the command line (or sys.argv when None) asks for tracebacks."""
+  return VERBOSE_FLAG in (sys.argv[1:] if argv is None else argv)
+
+
+def run(fn: Callable[..., int | None], *args, verbose: bool = False, **kwargs) -> int:
+  """Calls fn; returns its code (None -> 0), or prints one `error: ...` line and returns 2 on an expected failure."""
+  try:
+    code = fn(*args, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except  (bugs are re-raised below)
+    text = message(e)
+    if text is None:
+      raise
+    if verbose:
+      traceback.print_exc()
+    print(f"error: {text}", file=sys.stderr)
+    return EXIT_USAGE
+  return 0 if code is None else int(code)
+
+
+def entry_point(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+  """Decorates an argparse command's `main(argv)`: every expected failure becomes one line and code 2."""
+
+  @functools.wraps(main)
+  def wrapped(argv: Sequence[str] | None = None) -> int:
+    return run(main, argv, verbose=wants_verbose(argv))
+
+  return wrapped
+
+
+def parse_absl_flags(argv: list[str], flag_values=None) -> list[str]:
+  """absl flag parsing for `app.run(flags_parser=...)`: flag and config override errors raise UserError.
+
+  A config file that fails to load (unknown preset, missing file) is touched here, so its error is
+  reported before any work rather than on first use.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel  (absl only for absl commands)
+  fv = flags.FLAGS if flag_values is None else flag_values
+  argv = [a for a in argv if a != VERBOSE_FLAG]
+  try:
+    rest = fv(argv)
+    for name in fv:
+      value = fv[name].value
+      if type(value).__name__ == "_ErrorConfig":  # config_flags defers a config file's load error
+        value.keys()
+  except flags.Error as e:
+    raise UserError(_absl_message(e)) from e
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a key the config lacks
+    names = [a.split("=")[0] for a in argv if re.match(r"--\w+\.", a)]
+    hint = " ".join(str(e).strip("'\"").split())
+    raise UserError(f"unknown config key in {', '.join(names) or 'the overrides'} ({hint})") from e
+  except (OSError, ValueError, TypeError) as e:  # a config file that cannot be read
+    raise UserError(f"cannot load the config: {' '.join(str(e).split())}") from e
+  return rest
+
+
+def absl_main(main: Callable[[list[str]], int | None]) -> None:
+  """Runs an absl command (`app.run(main)`) under the error convention and exits with its code."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  verbose = wants_verbose(None)
+
+  def start() -> int | None:
+    try:
+      app.run(main, argv=[a for a in sys.argv if a != VERBOSE_FLAG], flags_parser=parse_absl_flags)
+    except SystemExit as e:  # app.run exits with main's return value
+      return e.code if isinstance(e.code, int) or e.code is None else _exit_text(e.code)
+    return 0
+
+  sys.exit(run(start, verbose=verbose))
+
+
+def _exit_text(code: object) -> int:
+  print(code, file=sys.stderr)
+  return 1
