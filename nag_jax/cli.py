@@ -42,7 +42,7 @@ def _absl_message(e: Exception) -> str:
   """The useful sentence of an absl / config_flags error (the last line of an embedded traceback)."""
   text = str(e)
   if "Traceback (most recent call last)" in text:
-    flag = text.split(":", 1)[0]
+    flag = text.split(": Error whilst", 1)[0] if ": Error whilst" in text else text.split(":", 1)[0]
     last = [line for line in text.splitlines() if line.strip()][-1]
     return f"{flag}: {last.split(': ', 1)[-1]}" if ": " in last else f"{flag}: {last}"
   return text
@@ -121,12 +121,21 @@ def parse_absl_flags(argv: list[str], flag_values=None) -> list[str]:
   except flags.Error as e:
     raise UserError(_absl_message(e)) from e
   except (AttributeError, KeyError) as e:  # config_flags: an override of a key the config lacks
-    names = [a.split("=")[0] for a in argv if re.match(r"--\w+\.", a)]
-    hint = " ".join(str(e).strip("'\"").split())
-    raise UserError(f"unknown config key in {', '.join(names) or 'the overrides'} ({hint})") from e
+    raise UserError(_unknown_key_message(e, argv)) from e
   except (OSError, ValueError, TypeError) as e:  # a config file that cannot be read
     raise UserError(f"cannot load the config: {' '.join(str(e).split())}") from e
   return rest
+
+
+def _unknown_key_message(e: Exception, argv: list[str]) -> str:
+  """'unknown config key --config.a.b (Did you mean ...?)' from config_flags' AttributeError / KeyError."""
+  text = str(e).replace("\\n", "\n")  # KeyError's message is a repr: its newline arrives escaped
+  lines = [line.strip().strip("'\"") for line in text.splitlines() if line.strip()]
+  key = lines[0] if lines else ""
+  overrides = [a.split("=")[0] for a in argv if re.match(r"--\w+\.", a)]
+  named = [o for o in overrides if o.split(".")[-1] == key] or overrides
+  hint = f" ({' '.join(lines[1:])})" if len(lines) > 1 else ""
+  return f"unknown config key {', '.join(named) or key}{hint}"
 
 
 def absl_main(main: Callable[[list[str]], int | None]) -> None:
@@ -138,12 +147,9 @@ def absl_main(main: Callable[[list[str]], int | None]) -> None:
     try:
       app.run(main, argv=[a for a in sys.argv if a != VERBOSE_FLAG], flags_parser=parse_absl_flags)
     except SystemExit as e:  # app.run exits with main's return value
-      return e.code if isinstance(e.code, int) or e.code is None else _exit_text(e.code)
+      if e.code is None or isinstance(e.code, int):
+        return e.code
+      raise
     return 0
 
   sys.exit(run(start, verbose=verbose))
-
-
-def _exit_text(code: object) -> int:
-  print(code, file=sys.stderr)
-  return 1

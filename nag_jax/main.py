@@ -5,59 +5,58 @@
 The config is locked (a misspelt override is an error) and fully validated before any compute. The
 run resumes from the latest checkpoint in --workdir. Logs go to the console and to TensorBoard in
 --workdir; the final EMA weights are exported to --workdir/model as a converted model directory.
+Every expected failure is one `error: ...` line and exit code 2 (`nag_jax.cli`); --verbose adds tracebacks.
 """
 import sys
 
 import jax
-from absl import app, flags, logging
-from clu import platform
+from absl import flags, logging
 from ml_collections import config_flags
 
-from nag_jax.checkpoints import CheckpointError
-from nag_jax.training import config_validation, train
-from nag_jax.training.config_validation import ConfigError
+from nag_jax import cli
+from nag_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and the exported model.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing; an override of a key the config lacks gives one `error:` line, not a traceback."""
-  try:
-    return FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # what config_flags raises for a missing key
-    names = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
-    unknown = [n for n in names if not config_validation.has_key(n)] or names
-    print(f"error: unknown config keys {unknown} ({e}); see nag_jax/training/base_config.py", file=sys.stderr)
-    sys.exit(2)
+  """absl flag parsing under the error convention: a bad flag or override raises UserError naming it."""
+  return cli.parse_absl_flags(argv)
 
 
-def run(config, workdir: str) -> int:
+def train(config, workdir: str) -> None:
+  """Trains per `config` in `workdir` (TensorBoard logging needs TensorFlow, imported here)."""
+  from nag_jax.training import train as training  # pylint: disable=import-outside-toplevel  (clu -> TF)
+  training.train_and_evaluate(config, workdir)
+
+
+def run(config, workdir: str, verbose: bool = False) -> int:
   """Trains; returns 0, or prints one `error: ...` line and returns 2 (bad config or checkpoint, NaN loss)."""
-  try:
-    train.train_and_evaluate(config, workdir)
-  except (ConfigError, CheckpointError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.run(train, config, workdir, verbose=verbose)
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
+  """The absl command: --config and --workdir are required; returns the exit code."""
   if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+    raise UserError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+  for name, hint in (("config", "e.g. --config configs/tiny_digits.py"), ("workdir", "e.g. --workdir runs/tiny")):
+    if FLAGS[name].value is None:
+      raise UserError(f"--{name} is required ({hint})")
   # Random numbers that do not depend on how arrays are sharded.
   jax.config.update("jax_threefry_partitionable", True)
   logging.info("JAX process %d / %d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
+  from clu import platform  # pylint: disable=import-outside-toplevel  (clu imports TensorFlow)
   platform.work_unit().set_task_status(f"process_index: {jax.process_index()}, "
                                        f"process_count: {jax.process_count()}")
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
-  sys.exit(run(FLAGS.config, FLAGS.workdir))
+  train(FLAGS.config, FLAGS.workdir)
+  return 0
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  cli.absl_main(main)

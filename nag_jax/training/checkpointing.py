@@ -6,13 +6,60 @@ straight into the current mesh's shardings.
 """
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
 import grain
+import ml_collections
 import orbax.checkpoint as ocp
 
+from nag_jax import destination
 from nag_jax.checkpoints import CheckpointError
+
+RUN_CONFIG = "config.json"  # the config a workdir's checkpoints were written with
+# Keys that shape the TrainState (a resume with other values cannot restore the checkpoints), and the
+# model fields that do not.
+STATE_KEYS = ("mode", "model", "optimizer.accumulation_steps")
+STATE_FREE = ("model.dtype", "model.remat", "model.attention")
+
+
+def _state_fields(config: dict) -> dict[str, Any]:
+  """{dotted key: value} of the STATE_KEYS of a config dict."""
+  out = {}
+  for key in STATE_KEYS:
+    head, _, tail = key.partition(".")
+    value = config.get(head, {}).get(tail) if tail else config.get(head)
+    items = value.items() if isinstance(value, dict) else [("", value)]
+    out.update({f"{key}.{k}" if k else key: v for k, v in items if f"{key}.{k}" not in STATE_FREE})
+  return out
+
+
+def check_run_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, resuming: bool,
+                     write: bool = True) -> None:
+  """Refuses to resume `workdir` with a config whose state-shaping keys differ from the recorded one.
+
+  The first run records its config in workdir/config.json (`write`, process 0 only); a resume compares
+  the mode, model and optimizer structure with it and raises CheckpointError naming every differing key.
+  """
+  path = pathlib.Path(workdir) / RUN_CONFIG
+  current = json.loads(json.dumps(config.to_dict(), default=str))
+  if resuming and path.is_file():
+    try:
+      old = _state_fields(json.loads(path.read_text()))
+    except (ValueError, AttributeError):
+      old = None
+    new = _state_fields(current)
+    if old is not None:
+      diff = [f"{k}={new.get(k)!r} (workdir: {old.get(k)!r})" for k in sorted(old.keys() | new.keys())
+              if old.get(k) != new.get(k)]
+      if diff:
+        raise CheckpointError(f"the config differs from the one {workdir} was trained with in {', '.join(diff)}; "
+                              "resume with the recorded values or start a new --workdir")
+  if write and not (resuming and path.is_file()):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_file(path, lambda p: p.write_text(json.dumps(current, indent=2)), what="config",
+                           overwrite=True)
 
 
 def create_manager(directory: str | pathlib.Path, *, every_steps: int, keep: int,

@@ -11,6 +11,7 @@ import ml_collections
 from nag_jax.checkpoints import model_dir, vae_convert
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.diffusion import NOISE_SCHEDULES
+from nag_jax.errors import UserError
 from nag_jax.flow import PATH_TYPES
 from nag_jax.models.config import ModelConfig
 from nag_jax.sharding import resolve_shape
@@ -24,7 +25,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 FINETUNE_FREE = ("num_classes", "dtype", "class_dropout_prob", "remat")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """An invalid training config; the message lists every problem found."""
 
 
@@ -115,6 +116,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check_batch(p, c, num_devices or jax.device_count())
     if c.mode != "scratch":
       _check_init_from(p, c, model)
+    elif c.init_from:
+      p.append(f"init_from {c.init_from!r} is not used in mode 'scratch'; set mode 'finetune' to start from it, "
+               "or clear init_from")
   if p:
     raise ConfigError("invalid config: " + "; ".join(p))
 
