@@ -23,8 +23,8 @@ VERBOSE_FLAG = "--verbose"
 OPTIONAL_PACKAGES = {"tensorflow": "tensorflow-cpu", "tensorflow_datasets": "tensorflow-datasets",
                      "clu": "clu", "torch": "torch", "safetensors": "safetensors", "matplotlib": "matplotlib",
                      "sklearn": "scikit-learn", "array_record": "array-record"}
-EXPECTED = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-            FloatingPointError, ModuleNotFoundError)
+EXPECTED = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, FloatingPointError, ModuleNotFoundError)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -17,7 +17,8 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from nag_jax import sharding
+from nag_jax import cli, sharding
+from nag_jax.errors import UserError
 from nag_jax.training import base_config, config_validation, create_objective, init_state, jit_train_step
 
 _CHILD = "NAG_DRY_RUN_CHILD"
@@ -87,8 +88,10 @@ def report(args: argparse.Namespace) -> dict:
   return out
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m nag_jax.dry_run", description=__doc__.split("\n\n")[0])
+  """The command: prints the report; an expected failure is one `error:` line and code 2."""
+  parser = cli.ArgumentParser(prog="python -m nag_jax.dry_run", description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default="DiT-XL/2", help="registry name, e.g. DiT-XL/2 or SiT-B/4")
   parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices (0: this machine's)")
   parser.add_argument("--mesh", default="data=-1", help="axis sizes, e.g. 'data=2,fsdp=-1' (-1 fills)")
@@ -101,15 +104,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--depth", type=int, default=0, help="override the model's blocks (quicker compile)")
   parser.add_argument("--no-compile", action="store_true", help="only the per-device bytes (fast)")
   args = parser.parse_args(argv)
+  for name in ("batch", "accumulation_steps", "image_size"):
+    if getattr(args, name) < 1:
+      raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+  if args.devices < 0 or args.depth < 0 or not args.device_memory_gb > 0:
+    raise UserError("--devices and --depth must be >= 0 and --device-memory-gb > 0")
   if args.devices and os.environ.get(_CHILD) != str(args.devices):
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
     env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu", _CHILD: str(args.devices)}
     os.execve(sys.executable, [sys.executable, "-m", "nag_jax.dry_run", *(argv or sys.argv[1:])], env)
-  try:
-    report(args)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  report(args)
   return 0
 
 

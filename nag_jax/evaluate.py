@@ -1,25 +1,30 @@
 """FID, Inception Score, precision and recall of a sample batch, as ADM's evaluator reports them.
 
   python -m nag_jax.evaluate --samples S.npz --reference VIRTUAL_imagenet256_labeled.npz \
-      --inception pt_inception-2015-12-05-6726825d.pth [--resize pytorch_fid|tf1] [--out m.json]
+      --inception pt_inception-2015-12-05-6726825d.pth [--resize pytorch_fid|tf1] [--out m.json [--overwrite]]
 
 FID uses the reference file's `mu`/`sigma` (or, with --recompute-reference-stats, statistics of its
-images through this network); precision/recall need reference images (`arr_0` or a folder).
+images through this network, and then the file needs no mu/sigma); precision/recall need reference
+images (`arr_0` or a folder). Every input and --out are checked before any compute.
 """
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 
+from nag_jax import cli, destination
+from nag_jax.errors import UserError
 from nag_jax.evaluation import fid, inception_convert, precision_recall, sample_io
 from nag_jax.evaluation.features import extract_features
 from nag_jax.evaluation.inception import RESIZE_MODES, adm_logits
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m nag_jax.evaluate", description=__doc__.split("\n")[0])
+  p = cli.ArgumentParser(prog="python -m nag_jax.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--samples", required=True, help="ADM .npz (arr_0 uint8 NHWC) or image folder")
   p.add_argument("--reference", required=True,
                  help="ADM reference .npz (mu, sigma, optional arr_0) or image folder")
@@ -31,39 +36,57 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="ignore the file's mu/sigma; compute them from its images with this network")
   p.add_argument("--k", type=int, default=3, help="neighbourhood size for precision/recall")
   p.add_argument("--out", help="write the metrics and protocol as JSON here")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   return p.parse_args(argv)
 
 
-def _open_inputs(args: argparse.Namespace):
-  """Opens and validates every input before any compute; errors become one-line SystemExits."""
-  if args.batch_size < 1 or args.k < 1:
-    raise SystemExit("error: --batch-size and --k must be positive")
+def _load_inception(path: str, resize: str):
+  """The Inception network and variables; a file torch cannot read is a UserError naming --inception."""
   try:
-    samples = sample_io.open_images(args.samples)
+    return inception_convert.load_inception(path, resize)
+  except (FileNotFoundError, ValueError, ImportError):
+    raise
+  except Exception as e:  # torch.load raises several types for a truncated or foreign file
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise UserError(f"--inception {path} is not a readable PyTorch weight file ({type(e).__name__}: {first})") from e
+
+
+def _open_inputs(args: argparse.Namespace):
+  """Opens and validates every input (and --out) before any compute; errors are UserErrors."""
+  if args.batch_size < 1 or args.k < 1:
+    raise UserError("--batch-size and --k must be positive")
+  if args.out:
+    destination.check_file(args.out, what="metrics JSON", overwrite=args.overwrite)
+  samples = sample_io.open_images(args.samples)
+  if args.recompute_reference_stats:  # only the images are used: the file needs no mu/sigma
+    if not os.path.isdir(args.reference) and not _npz_has(args.reference, "arr_0"):
+      raise UserError("--recompute-reference-stats needs reference images (arr_0 or a folder)")
+    reference = sample_io.Reference(None, None, sample_io.open_images(args.reference))
+  else:
     reference = sample_io.open_reference(args.reference)
-    model, variables = inception_convert.load_inception(args.inception, args.resize)
-  except (FileNotFoundError, ValueError, ImportError) as e:
-    raise SystemExit(f"error: {e}") from None
-  if args.recompute_reference_stats and reference.images is None:
-    raise SystemExit("error: --recompute-reference-stats needs reference images "
-                     "(arr_0 or a folder)")
-  if args.recompute_reference_stats:
-    reference = sample_io.Reference(None, None, reference.images)
+  model, variables = _load_inception(args.inception, args.resize)
   pool_dim = variables["params"]["fc"]["kernel"].shape[0]
   if reference.mu is not None and reference.mu.shape[0] != pool_dim:
-    raise SystemExit(f"error: reference statistics have dimension {reference.mu.shape[0]}, "
-                     f"Inception pool features have {pool_dim}")
+    raise UserError(f"reference statistics have dimension {reference.mu.shape[0]}, "
+                    f"Inception pool features have {pool_dim}")
   sizes = [len(samples)] + ([] if reference.images is None else [len(reference.images)])
   if min(sizes) <= max(args.k, 1):
-    raise SystemExit(f"error: need more than max(k, 1) = {max(args.k, 1)} images per set, "
-                     f"got {sizes}")
+    raise UserError(f"need more than max(k, 1) = {max(args.k, 1)} images per set, got {sizes}")
   return model, variables, samples, reference
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  """Runs the evaluation; prints a table, writes JSON if `--out`, returns the metrics dict."""
-  args = _parse(argv)
+def _npz_has(path: str, key: str) -> bool:
+  """True when the .npz at `path` holds `key` (False for anything unreadable: open_images then says why)."""
+  try:
+    with np.load(path) as f:
+      return key in f.files
+  except (OSError, ValueError):
+    return True
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+  """Runs the evaluation; prints a table, writes JSON if `--out` (atomically), returns the metrics dict."""
   model, variables, samples, reference = _open_inputs(args)
 
   def features(v, images):
@@ -109,10 +132,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
   print(f"({len(samples)} samples, resize={args.resize}, reference stats: "
         f"{metrics['protocol']['reference_statistics']})")
   if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(metrics, f, indent=2)
+    destination.write_file(args.out, lambda p: p.write_text(json.dumps(metrics, indent=2), encoding="utf-8"),
+                           what="metrics JSON", overwrite=args.overwrite)
   return metrics
 
 
+@cli.entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command: an expected failure is one `error:` line and code 2."""
+  evaluate(_parse(argv))
+  return 0
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -1,6 +1,7 @@
 """`python -m nag_jax.evaluate` on tiny inputs with a random-weight Inception saved in pytorch-fid's
 layout, the sample readers, and one clear error per kind of bad input."""
 import json
+import re
 
 import flax
 import jax
@@ -50,6 +51,12 @@ def files(tmp_path_factory):
           "ref_images": ref_images, "mu": mu, "sigma": sigma}
 
 
+def _expect_error(capsys, code, pattern):
+  """The CLI returned 2 with exactly one `error: ...` line on stderr matching `pattern`."""
+  err = capsys.readouterr().err
+  assert code == 2 and len(err.splitlines()) == 1 and re.search(f"^error: .*{pattern}", err), err
+
+
 def _argv(files, **overrides):
   args = {"samples": files["samples"], "reference": files["ref"], "inception": files["weights"]}
   args.update(overrides)
@@ -94,7 +101,7 @@ def _save(files, name, **arrays):
     ("nchw", "looks like NCHW"),
     ("range", "pixel values must lie in \\[0, 255\\], found \\[-3, 300\\]"),
 ])
-def test_cli_rejects_bad_samples(files, kind, match):
+def test_cli_rejects_bad_samples(files, kind, match, capsys):
   images = files["images"].astype(np.int16)
   if kind == "float":
     images = images.astype(np.float32) / 255
@@ -103,19 +110,18 @@ def test_cli_rejects_bad_samples(files, kind, match):
   else:
     images[0, 0, 0, 0], images[1, 0, 0, 0] = -3, 300
   path = _save(files, f"bad_{kind}.npz", arr_0=images)
-  with pytest.raises(SystemExit, match=f"^error: .*{match}"):
-    evaluate.main(_argv(files, samples=path))
+  _expect_error(capsys, evaluate.main(_argv(files, samples=path)), match)
 
 
-def test_cli_rejects_reference_without_statistics(files):
+def test_cli_rejects_reference_without_statistics(files, capsys):
   path = _save(files, "ref_no_stats.npz", arr_0=files["ref_images"], mu=files["mu"])
-  with pytest.raises(SystemExit, match="has no 'mu' and 'sigma' reference statistics"):
-    evaluate.main(_argv(files, reference=path))
+  _expect_error(capsys, evaluate.main(_argv(files, reference=path)),
+                "has no 'mu' and 'sigma' reference statistics")
 
 
-def test_cli_rejects_missing_weights(files):
-  with pytest.raises(SystemExit, match="weight file .* not found; .*nothing is downloaded"):
-    evaluate.main(_argv(files, inception=str(files["dir"] / "missing.pth")))
+def test_cli_rejects_missing_weights(files, capsys):
+  _expect_error(capsys, evaluate.main(_argv(files, inception=str(files["dir"] / "missing.pth"))),
+                "weight file .* not found; .*nothing is downloaded")
 
 
 def test_npz_reader_streams_plain_and_compressed(files):
@@ -148,11 +154,10 @@ def test_folder_reader(files):
   assert reference.mu is None and len(reference.images) == 4
 
 
-def test_reference_without_images_keeps_statistics(files):
+def test_reference_without_images_keeps_statistics(files, capsys):
   path = _save(files, "ref_stats_only.npz", mu=files["mu"][:4], sigma=np.eye(4))
   reference = sample_io.open_reference(path)
   assert reference.images is None and reference.sigma.shape == (4, 4)
-  with pytest.raises(SystemExit, match="reference statistics have dimension 4, .* 2048"):
-    evaluate.main(_argv(files, reference=path))
-  with pytest.raises(SystemExit, match="--recompute-reference-stats needs reference images"):
-    evaluate.main(_argv(files, reference=path) + ["--recompute-reference-stats"])
+  _expect_error(capsys, evaluate.main(_argv(files, reference=path)), "reference statistics have dimension 4, .* 2048")
+  _expect_error(capsys, evaluate.main(_argv(files, reference=path) + ["--recompute-reference-stats"]),
+                "--recompute-reference-stats needs reference images")
