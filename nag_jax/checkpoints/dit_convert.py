@@ -1,6 +1,7 @@
 """Official DiT/SiT state_dict <-> Flax params, validated against the shapes of `jax.eval_shape`."""
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections import OrderedDict
@@ -131,8 +132,19 @@ def abstract_params(config: ModelConfig, shardings=None):
 
 def expected_shapes(config: ModelConfig) -> dict:
   """Flax param path -> shape."""
+  return dict(_expected_shapes(config))
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(config: ModelConfig) -> dict:
+  """Cached per config: tracing init costs about 0.3 s, and a converter run or test checks one model often."""
   flat = jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]
   return {tuple(k.key for k in path): leaf.shape for path, leaf in flat}
+
+
+def _some(keys: list, limit: int = 8) -> str:
+  """A key list for one line: the first `limit` and the count of the rest."""
+  return str(keys) if len(keys) <= limit else f"{keys[:limit]} and {len(keys) - limit} more"
 
 
 def torch_to_flax(sd: dict, config: ModelConfig, ignore_unexpected: bool = False) -> dict:
@@ -143,9 +155,9 @@ def torch_to_flax(sd: dict, config: ModelConfig, ignore_unexpected: bool = False
   unexpected = [k for k in sd if k not in keymap and k != "pos_embed"]
   problems = []
   if missing:
-    problems.append(f"missing keys: {missing}")
+    problems.append(f"missing keys: {_some(missing)}")
   if unexpected and not ignore_unexpected:
-    problems.append(f"unexpected keys: {unexpected}")
+    problems.append(f"unexpected keys: {_some(unexpected)}")
   params: dict = {}
   for tkey, (fpath, kind) in keymap.items():
     if tkey not in sd:

@@ -64,7 +64,7 @@ def _first_line(e: BaseException) -> str:
   text = str(e).strip()
   marker = "WeightsUnpickler error: "
   if marker in text:
-    text = text[text.index(marker) + len(marker):]
+    text = text[text.index(marker) + len(marker):].strip()
   lines = text.splitlines()
   return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
@@ -82,7 +82,8 @@ def _load_failure(path: pathlib.Path, e: Exception, trust_pickle: bool) -> str:
 
 def _select_state_dict(obj, path) -> tuple[dict, str]:
   if not isinstance(obj, dict):
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict or training checkpoint")
+    raise CheckpointError(f"{path} holds an object of type {type(obj).__name__}, not a state_dict or training "
+                          "checkpoint")
   for key in ("ema", "model", "state_dict"):
     if key in obj and isinstance(obj[key], dict):
       return _to_numpy(obj[key]), f'training checkpoint, took "{key}"'

@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from nag_jax import checks
 from nag_jax.data import image_ops
 
 # The extensions torchvision's ImageFolder accepts.
@@ -33,6 +34,7 @@ class ArraySource:
     if kind == "image" and x.ndim != 4 or kind == "latent" and (x.ndim != 5 or x.shape[1] != 2):
       raise ValueError(f"x of kind {kind!r} must be (N, H, W, C) for images or (N, 2, h, w, c) for "
                        f"latents, got shape {x.shape}")
+    checks.check_labels(y, np.iinfo(np.int32).max if num_classes is None else num_classes, "y")
     self.x, self.y, self.kind = x, y.astype(np.int32), kind
     self.num_classes = int(y.max()) + 1 if num_classes is None else num_classes
 

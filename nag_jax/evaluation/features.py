@@ -11,6 +11,8 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from nag_jax import checks
+
 
 class ImageSource(Protocol):
   """A sized collection of images read in batches (e.g. `sample_io.NpzImages`)."""
@@ -34,6 +36,7 @@ def extract_features(fn: Callable[[Any, jax.Array], Any], params: Any,
   Every output leaf must have a leading batch axis. `batch_size` is rounded up to a multiple of the
   device count. Host reading of the next batch overlaps device compute of the current one.
   """
+  checks.check_positive("batch_size", batch_size)
   n = len(images)
   if n == 0:
     raise ValueError("no images to extract features from")

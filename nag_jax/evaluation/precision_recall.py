@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nag_jax import checks
+from nag_jax.errors import UserError
+
 
 def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
   """Squared Euclidean distances between rows of a and rows of b, clamped at 0 like ADM."""
@@ -43,15 +46,21 @@ def _blocked(fn, rows: np.ndarray, block_size: int, *args) -> np.ndarray:
 
 
 def _as_features(x: np.ndarray, name: str, k: int) -> np.ndarray:
+  checks.check_positive("k (nearest neighbours)", k)
   x = np.asarray(x, dtype=np.float32)
   if x.ndim != 2 or len(x) <= k:
     raise ValueError(f"{name} features must be (N, D) with N > k = {k}, got shape {x.shape}")
+  bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+  if bad.size:
+    raise UserError(f"{name} features hold NaN or inf in {bad.size} rows (first: {bad[0]}); every distance to "
+                    "them would be NaN")
   return x
 
 
 def manifold_radii(features: np.ndarray, k: int = 3, block_size: int = 1000) -> np.ndarray:
   """Squared distance from each point to its k-th nearest other point in the same set."""
   f = _as_features(features, "manifold", k)
+  checks.check_positive("block_size", block_size)
   return _blocked(functools.partial(_kth_dist, k=k), f, block_size, jnp.asarray(f))
 
 
@@ -61,6 +70,7 @@ def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3, blo
 
   `reference_radii` (`manifold_radii(reference, k)`) saves recomputing them when one reference is reused.
   """
+  checks.check_positive("block_size", block_size)
   ref = _as_features(reference, "reference", k)
   smp = _as_features(samples, "sample", k)
   if ref.shape[1] != smp.shape[1]:

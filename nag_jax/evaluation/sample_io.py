@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
+from nag_jax.evaluation.fid import check_covariance
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
@@ -154,4 +156,5 @@ def open_reference(path: str | os.PathLike) -> Reference:
                      f"got {mu.shape} and {sigma.shape}")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
     raise ValueError(f"{os.fspath(path)!r}: 'mu'/'sigma' contain NaN or inf")
+  check_covariance(sigma, f"{os.fspath(path)!r}: 'sigma'")
   return Reference(mu, sigma, NpzImages(path) if has_images else None)
