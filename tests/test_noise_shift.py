@@ -50,7 +50,7 @@ def test_statement_1_shift_from_additive_error_with_an_oracle_estimator():
   x0 = jnp.zeros((64, 32, 32, 1))
   noise = jnp.asarray(RNG.standard_normal(x0.shape), jnp.float32)
   states = ns.forward_states(schedule, x0, noise, ns.level_to_time(levels, schedule))
-  level_fn = ns.make_level_fn(StdOracle(), schedule)
+  level_fn = ns.make_level_fn(StdOracle(), schedule, num_classes=1)
   y = jnp.zeros(64, jnp.int32)
   clean = np.asarray(level_fn(None, states, y))
   error = sigma_e * jnp.asarray(RNG.standard_normal(states.shape), jnp.float32)

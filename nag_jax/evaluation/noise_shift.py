@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from nag_jax import checks
 from nag_jax.flow.paths import expand_t_like_x
 from nag_jax.guidance.baselines import Schedule
 from nag_jax.models.noise_estimator import NoiseEstimator
@@ -48,12 +49,23 @@ def forward_states(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.A
   return jax.vmap(one)(jnp.asarray(t, jnp.float32))
 
 
-def make_level_fn(estimator: NoiseEstimator, schedule: Schedule) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-  """Jitted fn(params, states (S, B, H, W, C), y (B,)) -> (S, B) estimated noise fractions."""
+def make_level_fn(estimator: NoiseEstimator, schedule: Schedule,
+                  num_classes: int | None = None) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+  """Jitted fn(params, states (S, B, H, W, C), y (B,)) -> (S, B) estimated noise fractions.
+
+  y must be class ids in [0, num_classes) (default: g_phi's config), checked before the call: JAX would
+  clamp them to other classes.
+  """
+  num_classes = estimator.config.num_classes if num_classes is None else num_classes
   def levels(params, states, y):
     g = jax.lax.map(lambda x: estimator.apply({"params": params}, x, y), states)
     return estimate_to_level(g, schedule)
-  return jax.jit(levels)
+  compiled = jax.jit(levels)
+
+  def checked(params, states, y):
+    checks.check_labels(y, num_classes, "estimator labels y")
+    return compiled(params, states, y)
+  return checked
 
 
 def shift_stats(levels: np.ndarray, estimates: np.ndarray) -> dict[str, np.ndarray]:
@@ -94,6 +106,7 @@ def analyze(levels: np.ndarray, estimates: dict[str, np.ndarray], t_values: Sequ
   """
   if FORWARD not in estimates:
     raise ValueError(f"estimates need the {FORWARD!r} reference, got {sorted(estimates)}")
+  checks.check_positive("kde_points", kde_points)
   levels = np.asarray(levels, np.float64)
   stats = {name: shift_stats(levels, est) for name, est in estimates.items()}
   for s in stats.values():

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from nag_jax import checks
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.flow.transport import create_transport
 from nag_jax.guidance import Branched, GuidanceConfig, make_segments
@@ -99,6 +100,8 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
   given), "trajectory" (when asked) and "nfe". Everything, noise draws to uint8, is one compiled call.
   For dopri5 the guided terms are active over the whole interval (intervals need fixed grids).
   Classifier-based NAG needs `estimator` (g_phi; its params at call time).
+  `labels` are integer class ids in [0, num_classes) (the null class is internal): concrete labels
+  outside are refused with a UserError; traced ones (under an outer jit) give NaN rows instead.
   """
   sampler.validate(model_config.family)
   pseudo = guidance.check_pseudo_level(model_config.family, model_config.pseudo_level)
@@ -119,6 +122,7 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     return lambda p, x, t, y: module.apply({"params": p}, x, t, y)
 
   def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
+    checks.check_labels(labels, model_config.num_classes)
     # Kernels cast to the compute dtype once here, outside the step loop; the sampler state stays float32.
     main = Branched(apply(model), cast_for_compute(params, model_config), model_config.null_class,
                     model_config.in_channels)
@@ -130,11 +134,20 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     init_key, step_key = jax.random.split(key)
     x = jax.random.normal(init_key, (labels.shape[0], *shape), jax.numpy.float32)
     out = run(segs, x, step_key, noises, return_trajectory)
-    result = {"latents": out.x, "nfe": out.nfe}
+    latents = checks.poison_invalid_rows(out.x, labels, model_config.num_classes)
+    result = {"latents": latents, "nfe": out.nfe}
     if return_trajectory:
-      result["trajectory"] = out.trajectory
+      result["trajectory"] = checks.poison_invalid_rows(out.trajectory, labels, model_config.num_classes, axis=1)
     if decode is not None:
-      result["images"] = decode(decoder_params, out.x)
+      result["images"] = decode(decoder_params, latents)
     return result
 
-  return jax.jit(sample) if jit else sample
+  if not jit:
+    return sample
+  compiled = jax.jit(sample)
+
+  def checked(params, key, labels, *args, **kwargs):
+    checks.check_labels(labels, model_config.num_classes)  # the values, before they are traced
+    return compiled(params, key, labels, *args, **kwargs)
+
+  return checked
