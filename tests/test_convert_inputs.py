@@ -116,7 +116,7 @@ def test_refused_global_is_named_and_trust_pickle_said_to_run_code(fixture, tmp_
   _, _, _, sd = fixture
   torch.save({"ema": sd, "extra": Foreign()}, tmp_path / "odd.pt")
   line = one_error_line(capsys, run_convert(tmp_path / "odd.pt", tmp_path / "out", "--num-heads", "4"),
-                        f"{__name__}.Foreign", "--trust-pickle would RUN code from the file", "you trust")
+                        f"{__name__}.Foreign", "--trust-pickle) would RUN code from the file", "you trust")
   assert "pass --trust-pickle." not in line
   assert not (tmp_path / "out").exists()
 

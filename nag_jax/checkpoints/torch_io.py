@@ -74,8 +74,8 @@ def _load_failure(path: pathlib.Path, e: Exception, trust_pickle: bool) -> str:
   refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
   if refused and not trust_pickle:
     return (f"{path} pickles {refused.group(1)}, which the safe loader refuses (it allows only tensors, plain "
-            "containers and argparse.Namespace); --trust-pickle would RUN code from the file, so pass it only "
-            "for a file from a source you trust")
+            "containers and argparse.Namespace); loading it anyway (nag_jax.convert --trust-pickle) would RUN "
+            "code from the file, so do that only for a file from a source you trust")
   return (f"{path} is not a readable PyTorch checkpoint: the file is truncated, corrupt or not a torch.save "
           f"file ({_first_line(e)})")
 
