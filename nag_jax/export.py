@@ -23,9 +23,9 @@ SUFFIXES = (".pt", ".pth", ".safetensors")
 
 def export(src: str | pathlib.Path, dst: str | pathlib.Path, *, overwrite: bool = False):
   """Writes the model directory `src` as a state_dict file `dst`; returns its ModelConfig."""
+  destination.check_file(dst, what="state_dict", overwrite=overwrite)  # before the (slow) load
   if pathlib.Path(dst).suffix not in SUFFIXES:
     raise destination.DestinationError(f"--dst {dst} must end in one of {', '.join(SUFFIXES)}")
-  destination.check_file(dst, what="state_dict", overwrite=overwrite)  # before the (slow) load
   _, params, config = model_dir.load(src)
   sd = flax_to_torch(jax.tree.map(np.asarray, params), config)
   destination.write_file(dst, lambda p: write_state_dict(sd, p), what="state_dict", overwrite=overwrite)

@@ -13,7 +13,6 @@ import dataclasses
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
@@ -26,7 +25,7 @@ from nag_jax.errors import UserError
 from nag_jax.sampling import config as sample_config
 from nag_jax.sampling import writer
 from nag_jax.sampling.pipeline import build_sampler
-from nag_jax.sharding import batch_sharding, make_mesh, multihost, shard_sampler
+from nag_jax.sharding import batch_devices, batch_sharding, make_mesh, multihost, shard_sampler
 
 
 def batch_labels(c, key: jax.Array, batch: int, num_classes: int) -> np.ndarray:
@@ -53,12 +52,12 @@ def protocol(c, sampler_cfg, guidance, model_cfg) -> dict:
 def run(c) -> pathlib.Path:
   """Samples c.num_samples images into c.out_dir; returns the output directory.
 
-  Every check (config, out_dir, protocol, labels) comes before out_dir is created or a model is loaded.
+  Every check (config, out_dir, protocol, labels, sampler) comes before out_dir is created or changed.
   """
   sample_config.check(c)
   sampler_cfg, guidance = sample_config.to_dataclasses(c)
   mesh = make_mesh(c.mesh.to_dict())
-  if c.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+  if c.batch_size % batch_devices(mesh.shape):
     raise UserError(f"--config.batch_size {c.batch_size} is not divisible by the data axes of mesh "
                     f"{dict(mesh.shape)}")
   model_cfg = model_dir.read_config(c.checkpoint)
@@ -68,12 +67,7 @@ def run(c) -> pathlib.Path:
     guidance = dataclasses.replace(guidance, pseudo_level=model_dir.read_pseudo_level(c.checkpoint))
   spec = protocol(c, sampler_cfg, guidance, model_cfg)
   tag = writer.protocol_hash(spec)
-  writer.prepare(c.out_dir, spec, overwrite=c.overwrite, write=False)  # every process checks ...
-  multihost_utils.sync_global_devices("nag_jax.sample: protocol checked")
-  if jax.process_index() == 0:  # ... before the first one clears or records anything
-    writer.prepare(c.out_dir, spec, overwrite=c.overwrite)
-  multihost_utils.sync_global_devices("nag_jax.sample: out_dir prepared")
-  out_dir = pathlib.Path(c.out_dir).absolute()
+  writer.prepare(c.out_dir, spec, overwrite=c.overwrite, write=False)  # cheap refusals first
   shardings = model_dir.param_shardings(model_cfg, mesh)
   _, params, model_cfg = checkpoints.load(c.checkpoint, dtype=c.dtype, shardings=shardings)
   decode, decoder_params = None, None
@@ -83,12 +77,19 @@ def run(c) -> pathlib.Path:
     vae, decoder_params, _ = load_vae(c.vae)
     decode = lambda p, z: decode_to_uint8(vae, p, z)
   elif c.pixel_space:
-    decode = lambda p, z: jnp.clip(127.5 * z + 128.0, 0, 255).astype(jnp.uint8)
+    from nag_jax.models.vae_io import pixels_to_uint8  # pylint: disable=import-outside-toplevel
+    decode = lambda p, z: pixels_to_uint8(z)
   estimator, estimator_params = None, None
   if c.estimator:
     estimator, estimator_params = model_dir.load_estimator(c.estimator)
   sample = shard_sampler(build_sampler(model_cfg, sampler_cfg, guidance, decode=decode, estimator=estimator,
                                       jit=False), mesh, shardings)
+  writer.prepare(c.out_dir, spec, overwrite=c.overwrite, write=False)  # every process checks ...
+  multihost_utils.sync_global_devices("nag_jax.sample: protocol checked")
+  if jax.process_index() == 0:  # ... before the first one clears or records anything
+    writer.prepare(c.out_dir, spec, overwrite=c.overwrite)
+  multihost_utils.sync_global_devices("nag_jax.sample: out_dir prepared")
+  out_dir = pathlib.Path(c.out_dir).absolute()
   key_samples, key_labels = jax.random.split(jax.random.key(c.seed))
   n_batches = -(-c.num_samples // c.batch_size)
   sharding = batch_sharding(mesh)
