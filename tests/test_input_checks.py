@@ -12,11 +12,12 @@ from nag_jax import checks, data
 from nag_jax.errors import UserError
 from nag_jax.evaluation import fid, noise_shift as ns, precision_recall as pr
 from nag_jax.evaluation.features import extract_features
-from nag_jax.evaluation.sample_io import open_reference
+from nag_jax.evaluation.sample_io import open_images, open_reference
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.guidance.baselines import Schedule
 from nag_jax.models import DiT, ModelConfig
 from nag_jax.models.dit import dummy_inputs
+from nag_jax.models.vae_io import decode_in_batches
 from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 
@@ -196,3 +197,15 @@ def test_nonfinite_features_and_bad_counts_are_refused():
     with pytest.raises(UserError, match="whole number >= 1") as e:
       call()
     assert needle in str(e.value)
+
+
+def test_sampler_floats_and_decode_and_reader_batches_are_checked(tmp_path):
+  """NaN settings of the sampler (eta, tolerances, step sizes) and zero batch sizes stop with one sentence."""
+  for name in [f.name for f in dataclasses.fields(SamplerConfig) if "float" in str(f.type)]:
+    with pytest.raises(UserError, match=f"invalid sampler: {name} must be a finite number, got nan"):
+      SamplerConfig(**{name: math.nan}).validate("dit")
+  with pytest.raises(UserError, match="batch_size must be a whole number >= 1, got 0"):
+    decode_in_batches(None, None, np.zeros((2, 4, 4, 4), np.float32), batch_size=0)
+  np.savez(tmp_path / "s.npz", arr_0=np.zeros((3, 2, 2, 3), np.uint8))
+  with pytest.raises(UserError, match="batch_size must be a whole number >= 1, got 0"):
+    next(open_images(tmp_path / "s.npz").batches(0))

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
+from nag_jax import checks
 from nag_jax.evaluation.fid import check_covariance
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
@@ -66,6 +67,7 @@ class NpzImages:
     return self.shape[0]
 
   def _raw_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+    checks.check_positive("batch_size", batch_size)
     item_shape = self.shape[1:]
     item_bytes = int(np.prod(item_shape)) * self.dtype.itemsize
     with zipfile.ZipFile(self.path) as zf, zf.open(f"{self.key}.npy") as f:
@@ -108,6 +110,7 @@ class FolderImages:
 
   def batches(self, batch_size: int) -> Iterator[np.ndarray]:
     """Yields (b, H, W, 3) uint8 batches in sorted file order."""
+    checks.check_positive("batch_size", batch_size)
     for start in range(0, len(self.files), batch_size):
       images = []
       for file in self.files[start:start + batch_size]:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from nag_jax import checks
 from nag_jax.models.vae import AutoencoderKL
 
 
@@ -51,6 +52,7 @@ def decode_in_batches(module: AutoencoderKL, params: dict, latents: np.ndarray, 
 
   The last batch is zero-padded to `batch_size`, so every call reuses the same compiled function.
   """
+  checks.check_positive("batch_size", batch_size)
   fn = jax.jit(lambda p, z: decode_to_uint8(module, p, z, scaling_factor))
   n = latents.shape[0]
   out = []

@@ -10,6 +10,7 @@ import numpy as np
 from nag_jax import checks
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.flow.transport import create_transport
+from nag_jax.errors import UserError
 from nag_jax.guidance import Branched, GuidanceConfig, make_segments
 from nag_jax.guidance.baselines import Schedule
 from nag_jax.guidance.classifier_nag import Estimator
@@ -44,6 +45,9 @@ class SamplerConfig:
 
   def validate(self, family: str) -> None:
     """One clear error for a bad choice, before any compute."""
+    nonfinite = checks.nonfinite_fields(self)  # NaN passes every range check below
+    if nonfinite:
+      raise UserError("invalid sampler: " + "; ".join(nonfinite))
     common.check_choice(f"sampling method for {family}", self.method, METHODS[family])
     if self.num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
