@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,8 +27,9 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-  def __init__(self, dim, num_heads, qkv_bias=True):
+  def __init__(self, dim, num_heads, qkv_bias=True, fused_attn=False):
     super().__init__()
+    self.fused_attn = fused_attn  # timm upstream: F.scaled_dot_product_attention where available
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
     self.scale = self.head_dim ** -0.5
@@ -38,8 +40,11 @@ class Attention(nn.Module):
     b, n, c = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    x = (attn @ v).transpose(1, 2).reshape(b, n, c)
+    if self.fused_attn:
+      x = F.scaled_dot_product_attention(q, k, v)
+    else:
+      x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    x = x.transpose(1, 2).reshape(b, n, c)
     return self.proj(x)
 
 
@@ -86,10 +91,10 @@ class LabelEmbedder(nn.Module):
 
 
 class DiTBlock(nn.Module):
-  def __init__(self, hidden_size, num_heads, mlp_ratio=4.0):
+  def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, fused_attn=False):
     super().__init__()
     self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-    self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
+    self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, fused_attn=fused_attn)
     self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
     self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
     self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
@@ -114,10 +119,15 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-  """Official DiT; `sit=True` gives SiT's forward (drops the sigma half of the output)."""
+  """Official DiT; `sit=True` gives SiT's forward (drops the sigma half of the output).
+
+  `fused_attn=True` computes attention with F.scaled_dot_product_attention, as timm's Attention does
+  upstream (the speed benchmark's reference); the default keeps the explicit softmax of timm 0.4.
+  """
 
   def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-               mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, sit=False):
+               mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, sit=False,
+               fused_attn=False):
     super().__init__()
     self.learn_sigma = learn_sigma
     self.sit = sit
@@ -129,7 +139,8 @@ class DiT(nn.Module):
     self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
     num_patches = self.x_embedder.num_patches
     self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
-    self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)])
+    self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, fused_attn=fused_attn)
+                                 for _ in range(depth)])
     self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
     if self.pos_embed.device.type != "meta":
       pos = get_2d_sincos_pos_embed(self.pos_embed.shape[-1], int(num_patches ** 0.5))
