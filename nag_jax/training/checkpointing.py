@@ -35,13 +35,19 @@ def _state_fields(config: dict) -> dict[str, Any]:
   return out
 
 
-def check_run_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, resuming: bool,
-                     write: bool = True) -> None:
+def has_checkpoint(workdir: str | pathlib.Path) -> bool:
+  """True when workdir/checkpoints holds a finished step (Orbax's temporary folders do not count)."""
+  folder = pathlib.Path(workdir) / "checkpoints"
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def check_run_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, write: bool = True) -> None:
   """Refuses to resume `workdir` with a config whose state-shaping keys differ from the recorded one.
 
   The first run records its config in workdir/config.json (`write`, process 0 only); a resume compares
-  the mode, model and optimizer structure with it and raises CheckpointError naming every differing key.
+  the mode, model and accumulation with it and raises CheckpointError naming every differing key.
   """
+  resuming = has_checkpoint(workdir)
   path = pathlib.Path(workdir) / RUN_CONFIG
   current = json.loads(json.dumps(config.to_dict(), default=str))
   if resuming and path.is_file():

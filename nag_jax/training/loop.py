@@ -63,8 +63,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
   ck = config.checkpoint
   manager = checkpointing.create_manager(workdir / "checkpoints", every_steps=ck.every_steps, keep=ck.keep,
                                          async_save=ck.async_save)
-  checkpointing.check_run_config(workdir, config, resuming=manager.latest_step() is not None,
-                                 write=jax.process_index() == 0)
+  checkpointing.check_run_config(workdir, config, write=jax.process_index() == 0)
   state = checkpointing.restore_latest(manager, abstract_state, data_iter)
   state = initialize() if state is None else state
   start = int(state.step)

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 from clu import metric_writers, periodic_actions
 
-from nag_jax.training import config_validation, loop
+from nag_jax.training import checkpointing, config_validation, loop
 from nag_jax.training.train_state import TrainState
 
 
@@ -26,6 +26,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   resumption, checkpoints and the exported model.
   """
   config_validation.validate(config)  # before the writer creates anything in workdir
+  checkpointing.check_run_config(workdir, config, write=False)  # a resume with another model: refused here
   workdir = pathlib.Path(workdir)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(dict(_flatten(config.to_dict())))
