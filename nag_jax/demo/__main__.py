@@ -14,12 +14,14 @@ import pathlib
 import sys
 import time
 
+from nag_jax import cli
 from nag_jax.demo import experiment, report
 from nag_jax.demo.config import FULL, QUICK
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m nag_jax.demo", description=__doc__.splitlines()[0])
+  """The command line (see the module docstring); a bad flag raises UserError (one line, code 2)."""
+  p = cli.ArgumentParser(prog="python -m nag_jax.demo", description=__doc__.splitlines()[0])
   p.add_argument("--out", default="demo_out", help="output folder (report.md, PNGs, results.json, runs/)")
   p.add_argument("--quick", action="store_true", help="CI preset: a few hundred steps, 200 samples, < 3 min")
   p.add_argument("--seed", type=int, default=0, help="seed of training, sampling and the classifier")
@@ -27,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> int:
+  """Runs the demo; an expected failure is one `error:` line and code 2."""
   args = parse_args(argv)
   dc = dataclasses.replace(QUICK if args.quick else FULL, seed=args.seed)
   out = pathlib.Path(args.out).absolute()
