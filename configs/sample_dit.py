@@ -4,7 +4,7 @@
       --config.checkpoint=ckpt/dit-xl-2 --config.vae=ckpt/sd-vae-ft-ema --config.num_samples=50000
 
 Presets after the colon: none | cfg (1.5) | nag (w=3.0) | nag_cfg (cfg 1.2 + w 2.0). Official checkpoints
-need the NAG fine-tune (configs/finetune_nag_xl.py) before `nag`/`nag_cfg` help: without a trained
+need the NAG fine-tune (configs/imagenet_finetune_nag.py:DiT) before `nag`/`nag_cfg` help: without a trained
 noise-unconditional branch the pseudo level is out of distribution.
 """
 from nag_jax.sampling.config import default_sample_config

@@ -30,7 +30,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def train(config, workdir: str) -> None:
   """Trains per `config` in `workdir` (TensorBoard logging needs TensorFlow, imported here)."""
   from nag_jax.training import train as training  # pylint: disable=import-outside-toplevel  (clu -> TF)
-  training.train_and_evaluate(config, workdir)
+  training.train_with_logging(config, workdir)
 
 
 def run(config, workdir: str, verbose: bool = False) -> int:

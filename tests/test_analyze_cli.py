@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from nag_jax import analyze_noise_shift
+from nag_jax import process
 from nag_jax.checkpoints import model_dir
 from nag_jax.data import digits_arrays
 from nag_jax.evaluation import noise_shift as ns
-from nag_jax.guidance.baselines import Schedule
 from nag_jax.models import DiT, ModelConfig, init_params
 from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs
 from nag_jax.training.base_config import get_base_config
@@ -58,12 +58,12 @@ def trained(tmp_path_factory):
 
 def test_estimator_reads_the_level_of_forward_states(trained):
   _, _, estimator, params = trained
-  schedule = Schedule.create("sit")
+  schedule = process.create("sit")
   levels = np.linspace(0.95, 0.05, 10)
   x, y = digits_arrays(16)
   x0, y = jnp.asarray(x[-128:]), jnp.asarray(y[-128:])  # the last digits; training drew from all
   noise = jax.random.normal(jax.random.key(7), x0.shape)
-  states = ns.forward_states(schedule, x0, noise, ns.level_to_time(levels, schedule))
+  states = ns.forward_states(schedule, x0, noise, schedule.level_to_time(levels))
   est = np.asarray(ns.make_level_fn(estimator, schedule)(params, states, y))
   err = est - levels[:, None]
   rmse, bias = float(np.sqrt(np.mean(err ** 2))), np.abs(err.mean(axis=1)).max()

@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nag_jax import process
 from nag_jax.guidance import Branched, GuidanceConfig, make_denoise
-from nag_jax.guidance.baselines import Schedule, eps_scale, time_shift
+from nag_jax.guidance.baselines import eps_scale, time_shift
 from nag_jax.models import ModelConfig, init_params
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 from nag_jax.training.base_config import get_base_config
@@ -49,8 +50,8 @@ def test_eps_scale_divides_only_the_latent_channels():
 
 
 def test_time_shift_dit_matches_brute_force_search():
-  schedule = Schedule.create("dit")
-  np.testing.assert_allclose(schedule.alphas_cumprod, ABAR, rtol=1e-12)
+  schedule = process.create("dit")
+  np.testing.assert_allclose(schedule.diffusion.alphas_cumprod, ABAR, rtol=1e-12)
   stds = [0.9, 0.97, 1.2, 0.5, 1.2]
   t = np.array([400.0, 600.0, 990.0, 3.0, 500.0])
   got = np.asarray(time_shift(scaled_states(stds), jnp.asarray(t, jnp.float32), 0.02, schedule))
@@ -61,7 +62,7 @@ def test_time_shift_dit_matches_brute_force_search():
 
 
 def test_time_shift_sit_matches_brute_force_search_with_data_variance():
-  schedule = Schedule.create("sit")
+  schedule = process.create("sit")
   stds = [0.6, 0.8, 0.3]
   t = np.array([0.5, 0.3, 0.99])
   got = np.asarray(time_shift(scaled_states(stds), jnp.asarray(t, jnp.float32), 0.05, schedule, data_var=0.25))
@@ -77,8 +78,8 @@ def test_time_shift_feeds_the_shifted_time_to_every_t_branch(params):
   g = GuidanceConfig(cfg_scale=2.0, nag_scale=1.0, time_shift_window=0.01)
   x, t = scaled_states([0.9, 0.95]), jnp.asarray([400.0, 700.0])
   out = jax.jit(make_denoise(Branched(fake, params, 5, 4), jnp.asarray([0, 1]), g, g.active_terms(0.5), 1001.0,
-                             schedule=Schedule.create("dit")))(x, t)
-  shifted = np.asarray(time_shift(x, t, 0.01, Schedule.create("dit")))
+                             schedule=process.create("dit")))(x, t)
+  shifted = np.asarray(time_shift(x, t, 0.01, process.create("dit")))
   assert (shifted != np.asarray(t)).all()
   # cond + (s - 1)(cond - uncond) + w (cond - pseudo): cond and uncond saw t', the NAG branch 1001
   np.testing.assert_allclose(np.asarray(out)[:, 0, 0, 0], shifted + 1.0 * (shifted - 1001.0), rtol=1e-6)
@@ -125,11 +126,7 @@ def test_bad_baseline_settings_are_refused(kwargs, needle):
     GuidanceConfig(**kwargs)
 
 
-def test_time_shift_without_schedule_and_bad_schedule_are_refused(params):
+def test_time_shift_without_process_is_refused(params):
   g = GuidanceConfig(time_shift_window=0.01)
-  with pytest.raises(ValueError, match="needs the model's forward schedule"):
+  with pytest.raises(ValueError, match="needs the model's forward process"):
     make_denoise(Branched(lambda *a: None, params, 5, 4), jnp.asarray([0]), g, g.active_terms(0.5), 1001.0)
-  with pytest.raises(ValueError, match="family must be one of"):
-    Schedule.create("unet")
-  with pytest.raises(ValueError, match="needs alphas_cumprod"):
-    Schedule("dit")

@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nag_jax import process
 from nag_jax.flow.paths import Path
 from nag_jax.guidance import Branched, GuidanceConfig, make_denoise
-from nag_jax.guidance.baselines import Schedule
-from nag_jax.guidance.classifier_nag import Estimator, condition_output, log_likelihood, log_likelihood_grad
+from nag_jax.guidance.classifier_nag import Estimator, log_likelihood, log_likelihood_grad
 from nag_jax.models import DiT, ModelConfig, init_params
 from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
@@ -67,7 +67,7 @@ def test_dit_eps_moves_the_score_by_the_gradient():
   out = jnp.asarray(RNG.standard_normal((3, 4, 4, 4)), jnp.float32)  # eps, then variance values
   grad = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
   t = np.array([0.0, 250.0, 999.0])
-  new = np.asarray(condition_output(out, x, jnp.asarray(t, jnp.float32), grad, Schedule.create("dit")))
+  new = np.asarray(process.create("dit").add_score(out, x, jnp.asarray(t, jnp.float32), grad))
   s = np.sqrt(1 - ABAR[t.astype(int)])[:, None, None, None]
   score = lambda eps: -eps / s  # score = -eps / sqrt(1 - abar)
   np.testing.assert_allclose(score(new[..., :2]) - score(np.asarray(out[..., :2])), grad, rtol=1e-4, atol=1e-4)
@@ -81,7 +81,7 @@ def test_sit_velocity_moves_the_score_by_the_gradient(kind):
   v = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
   grad = jnp.asarray(RNG.standard_normal(x.shape), jnp.float32)
   t = jnp.asarray([0.0, 0.1, 0.5, 0.9])
-  new = condition_output(v, x, t, grad, Schedule("sit", path=path))
+  new = process.create("sit", path_type=kind).add_score(v, x, t, grad)
   diff = np.asarray(path.score_from_velocity(new, x, t) - path.score_from_velocity(v, x, t))
   np.testing.assert_allclose(diff[1:], np.asarray(grad)[1:], rtol=1e-3, atol=1e-3)
   np.testing.assert_array_equal(np.asarray(new)[0], np.asarray(v)[0])  # alpha = 0: no term at pure noise
@@ -99,7 +99,7 @@ def test_denoiser_adds_the_scaled_term_at_the_scheduled_level(params):
   t, y = jnp.asarray([300.0, 800.0]), jnp.asarray([0, 4])
   g = GuidanceConfig(classifier_nag_scale=2.5, classifier_nag_sigma=0.2)
   denoise = make_denoise(Branched(apply, params, 5, 4), y, g, g.active_terms(0.5), 1001.0,
-                         schedule=Schedule.create("dit"), estimator=Estimator(mean_square, 0.7))
+                         schedule=process.create("dit"), estimator=Estimator(mean_square, 0.7))
   got = np.asarray(jax.jit(denoise)(x, t))
   plain = np.asarray(jax.jit(apply)(params, x, t, y))
   grad = 2.5 * closed_form_grad(x, 0.7, np.asarray(t) / 1000, 0.2)  # DiT target: t / T
@@ -136,4 +136,4 @@ def test_bad_classifier_nag_settings_are_refused(params):
     build_sampler(CFG, SamplerConfig(num_steps=4), g)
   with pytest.raises(ValueError, match="needs the noise-level estimator"):
     make_denoise(Branched(lambda *a: None, params, 5, 4), jnp.asarray([0]), g, g.active_terms(0.5), 1001.0,
-                 schedule=Schedule.create("dit"))
+                 schedule=process.create("dit"))

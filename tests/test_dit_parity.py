@@ -8,7 +8,8 @@ import pytest
 
 from nag_jax.checkpoints.dit_convert import infer_config, torch_to_flax
 from nag_jax.checkpoints.torch_io import read_state_dict
-from nag_jax.models import DiT, ModelConfig, forward_with_cfg
+from nag_jax.models import DiT, ModelConfig
+from tests.reference.cfg_forward import forward_with_cfg
 from tests.torch_helpers import nhwc, random_reference, state_dict_numpy, torch
 
 TOL = 1e-4

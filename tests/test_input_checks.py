@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from nag_jax import checks, data
+from nag_jax import checks, data, process
 from nag_jax.errors import UserError
 from nag_jax.evaluation import fid, noise_shift as ns, precision_recall as pr
 from nag_jax.evaluation.features import extract_features
 from nag_jax.evaluation.sample_io import open_images, open_reference
 from nag_jax.guidance import GuidanceConfig
-from nag_jax.guidance.baselines import Schedule
 from nag_jax.models import DiT, ModelConfig
 from nag_jax.models.dit import dummy_inputs
 from nag_jax.models.vae_io import decode_in_batches
@@ -101,7 +100,7 @@ def test_training_data_and_estimator_labels_are_checked():
   assert data.ArraySource(x, np.array([0, 2, 1])).num_classes == 3
   est = NoiseEstimator(TINY.replace(family="sit"))
   est_params = est.init(jax.random.key(0), *estimator_inputs(est))["params"]
-  level_fn = ns.make_level_fn(est, Schedule.create("sit"))
+  level_fn = ns.make_level_fn(est, process.create("sit"))
   states = jnp.zeros((2, 2, 4, 4, 4))
   assert np.isfinite(np.asarray(level_fn(est_params, states, np.array([0, 9])))).all()
   with pytest.raises(UserError, match=r"estimator labels y must be class ids in \[0, 10\), got \[10\]"):

@@ -1,11 +1,11 @@
-"""Noise-shift statistics: forward states, level mapping, Statement 1 with an oracle estimator, KDE, report, plots."""
+"""Noise-shift statistics: forward states, Statement 1 with an oracle estimator, KDE, report, plots."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nag_jax import process
 from nag_jax.evaluation import noise_shift as ns
 from nag_jax.evaluation.noise_shift_plots import plot_all
-from nag_jax.guidance.baselines import Schedule
 
 ABAR = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
 RNG = np.random.default_rng(0)
@@ -23,33 +23,23 @@ def test_forward_states_are_the_models_forward_process():
   x0 = jnp.asarray(RNG.uniform(-1, 1, (3, 4, 4, 2)), jnp.float32)
   noise = jnp.asarray(RNG.standard_normal(x0.shape), jnp.float32)
   t = np.array([0.0, 250.0, 999.0])
-  got = np.asarray(ns.forward_states(Schedule.create("dit"), x0, noise, t))
+  got = np.asarray(ns.forward_states(process.create("dit"), x0, noise, t))
   for k, tk in enumerate(t.astype(int)):
     want = np.sqrt(ABAR[tk]) * np.asarray(x0) + np.sqrt(1 - ABAR[tk]) * np.asarray(noise)
     np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6)
   t = np.array([0.0, 0.3, 1.0])
-  got = np.asarray(ns.forward_states(Schedule.create("sit"), x0, noise, t))
+  got = np.asarray(ns.forward_states(process.create("sit"), x0, noise, t))
   for k, tk in enumerate(t):  # SiT Linear: t data + (1 - t) noise
     np.testing.assert_allclose(got[k], tk * np.asarray(x0) + (1 - tk) * np.asarray(noise), rtol=1e-6, atol=1e-6)
 
 
-def test_level_mapping_follows_the_sampler_grids():
-  dit, sit = Schedule.create("dit"), Schedule.create("sit")
-  nu = np.array([1.0, 0.5, 0.0])
-  np.testing.assert_array_equal(ns.level_to_time(nu, dit), np.rint(nu * 999))
-  np.testing.assert_array_equal(ns.level_to_time(nu, sit), 1 - nu)
-  # g_phi targets t / 1000 (DiT) and t (SiT, 1 = data): a perfect estimate maps back to the prior level
-  np.testing.assert_allclose(ns.estimate_to_level(np.array([999, 500, 0]) / 1000, dit), [1, 500 / 999, 0])
-  np.testing.assert_allclose(ns.estimate_to_level(1 - nu, sit), nu)
-
-
 def test_statement_1_shift_from_additive_error_with_an_oracle_estimator():
   """Paper eq. 8: extra error of std sigma_e makes sigma_{t+delta}^2 = sigma_t^2 + sigma_e^2 (sigma_nu = nu)."""
-  schedule, sigma_e = Schedule.create("sit"), 0.2
+  schedule, sigma_e = process.create("sit"), 0.2
   levels = np.array([0.9, 0.7, 0.5, 0.3, 0.1])
   x0 = jnp.zeros((64, 32, 32, 1))
   noise = jnp.asarray(RNG.standard_normal(x0.shape), jnp.float32)
-  states = ns.forward_states(schedule, x0, noise, ns.level_to_time(levels, schedule))
+  states = ns.forward_states(schedule, x0, noise, schedule.level_to_time(levels))
   level_fn = ns.make_level_fn(StdOracle(), schedule, num_classes=1)
   y = jnp.zeros(64, jnp.int32)
   clean = np.asarray(level_fn(None, states, y))

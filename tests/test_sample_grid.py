@@ -9,6 +9,7 @@ from nag_jax.guidance import GuidanceConfig
 from nag_jax.models import ModelConfig, init_params
 from nag_jax.models.vae import AutoencoderKL, VAEConfig, dummy_images
 from nag_jax.models.vae_io import decode_to_uint8
+from nag_jax.sampling import images
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 from nag_jax.sharding import make_mesh
 from nag_jax.training import ConfigError, get_base_config, samples, validate
@@ -38,7 +39,7 @@ def test_grid_rows_are_the_decoded_samples_without_and_with_nag(vae):
     latents = build_sampler(SIT, SamplerConfig(method="sde", num_steps=4), GuidanceConfig(nag_scale=w))(
         params, jax.random.key(5), jnp.arange(3) % 10)["latents"]
     rows.append(np.asarray(decode_to_uint8(vae[0], vae[1], latents)))
-  want = samples.grid(rows)
+  want = images.grid(rows)
   assert grid.shape == want.shape == (2 * 10, 3 * 10, 3) and grid.dtype == np.uint8
   assert np.abs(grid.astype(int) - want).max() <= 1 and (grid == want).mean() > 0.99
   assert np.abs(rows[0].astype(int) - rows[1]).max() > 0  # NAG changed the samples

@@ -9,6 +9,7 @@ import pytest
 from nag_jax import diffusion as gd
 from nag_jax import flow
 from nag_jax import sampling
+from nag_jax.guidance import segments as seg
 
 DIT = "fixtures/samplers/dit_ddpm_respace50.npz"
 SIT = "fixtures/samplers/sit_transport_linear_velocity.npz"
@@ -167,7 +168,7 @@ def test_segments_equal_a_switching_denoiser(dit):
   diffusion, fake = gd.create_diffusion("50"), dit_fake(dit)
   other = lambda x, t: 0.5 * fake(x, t)
   nu = sampling.diffusion_noise_levels(diffusion)
-  runs = sampling.group_steps(nu, lambda level: level > 0.5)
+  runs = seg.group_steps(nu, lambda level: level > 0.5)
   assert [r[2] for r in runs] == [True, False] and runs[0][0] == 0 and runs[-1][1] == 50
   segments = [(a, b, fake if on else other) for a, b, on in runs]
   switching = lambda x, t: jnp.where((t / 999 > 0.5)[:, None, None, None], fake(x, t), other(x, t))

@@ -8,9 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from nag_jax import diffusion, flow
+from nag_jax import diffusion
 from nag_jax.models import DiT, ModelConfig, init_params
 from nag_jax.training import TrainState, create_objective, create_optimizer, get_base_config, train_step
+from tests.reference.losses import diffusion_training_losses, flow_training_losses
 
 jax.config.update("jax_threefry_partitionable", True)
 TINY = ModelConfig(family="dit", input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=1, num_heads=2,
@@ -68,7 +69,7 @@ def test_network_sees_pseudo_level_at_the_configured_rate_with_x_t_at_the_true_t
   assert np.isclose(float(metrics["noise_drop_rate"]), dropped_t.mean(), rtol=1e-6)
   np.testing.assert_array_equal(seen["t"][~dropped_t], np.asarray(d.t, np.float32)[~dropped_t])
   np.testing.assert_array_equal(seen["y"][~dropped_y], batch["y"][~dropped_y])
-  x_t = diffusion.q_sample(obj.diffusion, jnp.asarray(batch["x"]), d.t, d.noise)  # the TRUE t, dropped or not
+  x_t = diffusion.q_sample(obj.process.diffusion, jnp.asarray(batch["x"]), d.t, d.noise)  # the TRUE t, dropped or not
   np.testing.assert_allclose(seen["x"], np.asarray(x_t), rtol=0, atol=1e-6)
 
 
@@ -83,10 +84,10 @@ def test_objective_without_dropout_equals_the_library_losses(family):
   ours = obj.losses(lambda p, *a: apply({"params": p}, *a), params, x0, d)
   model_fn = lambda x, t: apply({"params": params}, x, t, y)
   if family == "dit":
-    ref = diffusion.training_losses(obj.diffusion, model_fn, x0, d.t, d.noise)
+    ref = diffusion_training_losses(obj.process.diffusion, model_fn, x0, d.t, d.noise)
     assert float(jnp.abs(ref["vb"]).max()) > 0
   else:
-    ref = flow.training_losses(obj.transport.path, model_fn, x0, d.t, d.noise)
+    ref = flow_training_losses(obj.process.path, model_fn, x0, d.t, d.noise)
     assert 0 <= float(d.t.min()) and float(d.t.max()) < 1
   np.testing.assert_array_equal(np.asarray(ours["loss"]), np.asarray(ref["loss"]))
 
@@ -110,12 +111,12 @@ def test_input_perturbation_perturbs_the_input_but_not_the_target(family):
 
   out = obj.losses(zero_model, None, x0, d)
   if family == "dit":
-    want_x = diffusion.q_sample(obj.diffusion, x0, d.t, d.input_noise)
+    want_x = diffusion.q_sample(obj.process.diffusion, x0, d.t, d.input_noise)
     want_loss = jnp.mean(jnp.square(d.noise), axis=(1, 2, 3))
     got = out["mse"]
   else:
-    want_x, _ = obj.transport.path.plan(d.t, d.input_noise, x0)
-    _, u_t = obj.transport.path.plan(d.t, d.noise, x0)  # target from the unperturbed noise
+    want_x, _ = obj.process.path.plan(d.t, d.input_noise, x0)
+    _, u_t = obj.process.path.plan(d.t, d.noise, x0)  # target from the unperturbed noise
     want_loss = jnp.mean(jnp.square(u_t), axis=(1, 2, 3))
     got = out["loss"]
   np.testing.assert_array_equal(np.asarray(seen["x"]), np.asarray(want_x))

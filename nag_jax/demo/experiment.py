@@ -15,11 +15,10 @@ import jax
 import numpy as np
 import tqdm
 
-from nag_jax import analyze_noise_shift
 from nag_jax.data import digits_arrays
 from nag_jax.demo import classifier, models
 from nag_jax.demo.config import DemoConfig, Setting, run_name, sampler_config
-from nag_jax.evaluation import fid, precision_recall
+from nag_jax.evaluation import fid, precision_recall, shift_analysis
 from nag_jax.evaluation.features import extract_features
 from nag_jax.sampling.pipeline import build_sampler
 
@@ -115,12 +114,10 @@ def noise_shift(dc: DemoConfig, model: pathlib.Path, estimator: pathlib.Path, ou
   """
   reports = {}
   for w in dc.shift_nag:
-    args = analyze_noise_shift.parse_args([
-        "--model", str(model), "--estimator", str(estimator), "--data", "digits", "--out", str(out / f"w{w:g}"),
-        "--sampler", "sde", "--num-steps", str(dc.shift_steps), "--guidance", "none,nag", "--nag-scale", str(w),
-        "--num-samples", str(dc.shift_samples), "--batch-size", str(dc.shift_samples),
-        "--t-values", ",".join(str(t) for t in dc.shift_t), "--seed", str(dc.seed)])
-    report = analyze_noise_shift.run(args)
+    report = shift_analysis.run(out / f"w{w:g}", model, estimator, "digits", sampler="sde",
+                                num_steps=dc.shift_steps, settings=("none", "nag"),
+                                strengths=shift_analysis.Strengths(nag_scale=w), num_samples=dc.shift_samples,
+                                batch_size=dc.shift_samples, t_values=dc.shift_t, seed=dc.seed)
     reports[f"w{w:g}"] = {
         "dir": f"{out.name}/w{w:g}", "num_samples": report["num_samples"], "levels": report["levels"],
         "mean_shift": report["mean_shift"],

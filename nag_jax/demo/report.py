@@ -9,7 +9,7 @@ import numpy as np
 
 from nag_jax.demo import findings, template
 from nag_jax.demo.config import DemoConfig, run_name
-from nag_jax.training.samples import grid, to_uint8
+from nag_jax.sampling.images import grid, to_rgb_uint8
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -100,7 +100,7 @@ def _panel_figure(panels: list[tuple[str, np.ndarray]], path: pathlib.Path, titl
   rows = -(-len(panels[0][1]) // 10)
   fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 0.28 * rows + 0.9), squeeze=False)
   for ax, (label, x) in zip(axes[0], panels):
-    ax.imshow(grid([to_uint8(x[i:i + 10]) for i in range(0, len(x), 10)]), interpolation="nearest")
+    ax.imshow(grid([to_rgb_uint8(x[i:i + 10]) for i in range(0, len(x), 10)]), interpolation="nearest")
     ax.set_title(label, fontsize=9)
     ax.axis("off")
   fig.suptitle(title, fontsize=10)

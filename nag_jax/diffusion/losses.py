@@ -1,16 +1,11 @@
-"""DiT training loss: eps MSE plus the variational-bound term that trains the learned variance."""
+"""The variational-bound term that trains DiT's learned variance, and its pieces (the eps MSE is the process's)."""
 from __future__ import annotations
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.diffusion import gaussian_diffusion as gd
-
-ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
-
 
 def mean_flat(x: jax.Array) -> jax.Array:
   """Mean over every axis but the batch axis."""
@@ -51,23 +46,3 @@ def vb_terms_bpd(diffusion: gd.GaussianDiffusion, model_out: jax.Array, x0: jax.
   nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
   nll = mean_flat(nll) / np.log(2.0)
   return jnp.where(t == 0, nll, kl)
-
-
-def training_losses(diffusion: gd.GaussianDiffusion, model_fn: ModelFn, x0: jax.Array,
-                    t: jax.Array, noise: jax.Array) -> dict[str, jax.Array]:
-  """Per-example losses {'loss', 'mse', 'vb'} of the official MSE loss type (x0 NHWC, t (B,) int).
-
-  `model_fn(x_t, t_model)` gets the original timesteps as float32. With learned-range variance the
-  VB term sees a stop-gradient eps, so it trains only the variance channels; 'vb' is 0 otherwise.
-  """
-  x_t = gd.q_sample(diffusion, x0, t, noise)
-  out = model_fn(x_t, gd.model_timesteps(diffusion, t))
-  c = x0.shape[-1]
-  eps = out[..., :c]
-  if diffusion.variance_type == "learned_range":
-    frozen = jnp.concatenate([jax.lax.stop_gradient(eps), out[..., c:]], axis=-1)
-    vb = vb_terms_bpd(diffusion, frozen, x0, x_t, t)
-  else:
-    vb = jnp.zeros(x0.shape[:1], x0.dtype)
-  mse = mean_flat((noise - eps) ** 2)
-  return {"loss": mse + vb, "mse": mse, "vb": vb}

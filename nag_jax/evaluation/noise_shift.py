@@ -1,8 +1,8 @@
 """Noise-shift measurement (paper sec. 3, 5.3, app. B.2, D): g_phi's estimated level per prior level.
 
 Every level here is a noise fraction nu in [0, 1], 1 = pure noise (the paper's t, and the samplers'
-grids): SiT nu = 1 - t; DiT nu = t / (T - 1). g_phi's outputs are mapped the same way (SiT 1 - g;
-DiT g T / (T - 1), g being its t / T regression target). The shift of a state is estimate - prior;
+grids); the model's process maps model times and g_phi's outputs to it (`Process.level_to_time`,
+`Process.estimate_to_level`). The shift of a state is estimate - prior;
 positive means the state looks noisier than its schedule says (the paper's finding).
 Estimates are arrays (S, N): S prior levels (the sampler's steps 1..n-1) by N samples.
 """
@@ -17,28 +17,13 @@ import scipy.stats
 
 from nag_jax import checks
 from nag_jax.flow.paths import expand_t_like_x
-from nag_jax.guidance.baselines import Schedule
+from nag_jax.process import Process
 from nag_jax.models.noise_estimator import NoiseEstimator
 
 FORWARD = "forward"
 
 
-def estimate_to_level(g: np.ndarray, schedule: Schedule) -> np.ndarray:
-  """g_phi output (SiT t, DiT t / T) -> noise fraction."""
-  if schedule.family == "dit":
-    return g * schedule.num_timesteps / (schedule.num_timesteps - 1)
-  return 1 - g
-
-
-def level_to_time(nu: np.ndarray, schedule: Schedule) -> np.ndarray:
-  """Noise fraction -> model time (DiT: the nearest integer timestep)."""
-  nu = np.asarray(nu, np.float64)
-  if schedule.family == "dit":
-    return np.rint(nu * (schedule.num_timesteps - 1))
-  return 1 - nu
-
-
-def forward_states(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+def forward_states(schedule: Process, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
   """(S, B, ...) states a_t x0 + s_t noise of the model's forward process at each of the S times t.
 
   Every level reuses the same data and noise, so each sample's states form one forward trajectory.
@@ -49,7 +34,7 @@ def forward_states(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.A
   return jax.vmap(one)(jnp.asarray(t, jnp.float32))
 
 
-def make_level_fn(estimator: NoiseEstimator, schedule: Schedule,
+def make_level_fn(estimator: NoiseEstimator, schedule: Process,
                   num_classes: int | None = None) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
   """Jitted fn(params, states (S, B, H, W, C), y (B,)) -> (S, B) estimated noise fractions.
 
@@ -59,7 +44,7 @@ def make_level_fn(estimator: NoiseEstimator, schedule: Schedule,
   num_classes = estimator.config.num_classes if num_classes is None else num_classes
   def levels(params, states, y):
     g = jax.lax.map(lambda x: estimator.apply({"params": params}, x, y), states)
-    return estimate_to_level(g, schedule)
+    return schedule.estimate_to_level(g)
   compiled = jax.jit(levels)
 
   def checked(params, states, y):

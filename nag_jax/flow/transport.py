@@ -1,19 +1,17 @@
-"""SiT transport with velocity prediction: intervals, SDE drift and the training loss (pure functions).
+"""SiT transport with velocity prediction: intervals and the SDE drift (pure functions).
 
-Follows the official `transport/` package (`create_transport`, `check_interval`, `sde_drift`,
-`training_losses`) for `prediction="velocity"`, the only one SiT checkpoints use.
+Follows the official `transport/` package (`create_transport`, `check_interval`, `sde_drift`) for
+`prediction="velocity"`, the only one SiT checkpoints use; the training loss is the process layer's
+(`nag_jax/process/transport.py`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
 from nag_jax.flow.paths import Path
-
-ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +53,3 @@ def sde_drift(path: Path, velocity: jax.Array, x: jax.Array, t: jax.Array, *,
   """(drift, w_t) of the sampling SDE: drift = v + w_t * score(v), reusing one velocity evaluation."""
   w = path.diffusion(x, t, diffusion_form, diffusion_norm)
   return velocity + w * path.score_from_velocity(velocity, x, t), w
-
-
-def training_losses(path: Path, model_fn: ModelFn, x1: jax.Array, t: jax.Array,
-                    noise: jax.Array) -> dict[str, jax.Array]:
-  """Per-example unweighted velocity MSE {'loss', 'pred'}; x1 data (NHWC), t (B,) in [t0, t1), noise x0.
-
-  Draw t uniformly on `check_interval(transport)` ([0, 1) for Linear/GVP).
-  """
-  x_t, u_t = path.plan(t, noise, x1)
-  pred = model_fn(x_t, t)
-  return {"loss": jnp.mean((pred - u_t) ** 2, axis=tuple(range(1, x1.ndim))), "pred": pred}

@@ -41,7 +41,7 @@ class GuidanceConfig:
   cfg_scale: float = 1.0
   nag_scale: float = 0.0
   dog_scale: float = 1.0
-  pseudo_level: float | None = None
+  pseudo_level: float | None = None  # None: the family default (`Process.pseudo_level` resolves it)
   cfg_channels: int | None = None
   nag_form: str = "three_branch"
   cfg_interval: tuple[float, float] = (0.0, 1.0)
@@ -130,12 +130,3 @@ class GuidanceConfig:
       lo, hi = getattr(self, f"{term}_interval")
       return self.weight(term) > 0 and lo < hi and lo <= nu <= hi
     return frozenset(t for t in TERMS if on(t))
-
-  def check_pseudo_level(self, family: str, default: float) -> float:
-    """The pseudo level to use; refuses one inside the trained range of t."""
-    level = default if self.pseudo_level is None else self.pseudo_level
-    trained = (0.0, 999.0) if family == "dit" else (0.0, 1.0)
-    if trained[0] <= level <= trained[1]:
-      raise ValueError(f"pseudo_level {level} lies inside the trained range {trained} of {family} timesteps; "
-                       "the noise-unconditional branch needs a level outside it (1001 for DiT, 1.001 for SiT)")
-    return level

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.guidance import baselines
+from nag_jax.guidance import segments as seg
 from nag_jax.guidance.classifier_nag import Estimator, classifier_nag
 from nag_jax.guidance.combine import combine
 from nag_jax.guidance.config import GuidanceConfig
-from nag_jax.sampling import segments as seg
+from nag_jax.process import Process
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -48,18 +49,18 @@ def branch_inputs(g: GuidanceConfig, active: frozenset) -> list[tuple[str, str, 
 
 def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: frozenset,
                  pseudo_level: float, parent: Branched | None = None, *,
-                 schedule: baselines.Schedule | None = None, estimator: Estimator | None = None) -> seg.Denoise:
+                 schedule: Process | None = None, estimator: Estimator | None = None) -> seg.Denoise:
   """denoise(x, t) -> guided output for the static set of active terms."""
   branches = branch_inputs(g, active)
   if "dog" in active and parent is None:
     raise ValueError("dog_scale > 1 needs the pre-trained parent model (Domain Guidance)")
   if active & {"classifier_nag", "time_shift"} and schedule is None:
     raise ValueError(f"{sorted(active & {'classifier_nag', 'time_shift'})} needs the model's forward "
-                     "schedule (schedule=baselines.Schedule.create(family))")
+                     "process (schedule=nag_jax.process.create(family))")
   if "autoguidance" in active and parent is None:
     raise ValueError("autoguidance_scale > 1 needs the weaker model (parent) as the bad branch")
   if "tsg" in active and schedule is None:
-    raise ValueError("tsg_scale > 0 needs the model's forward schedule (schedule=baselines.Schedule.create(family))")
+    raise ValueError("tsg_scale > 0 needs the model's forward process (schedule=nag_jax.process.create(family))")
   if "classifier_nag" in active and estimator is None:
     raise ValueError("classifier_nag_scale > 0 needs the noise-level estimator g_phi (estimator=...)")
 
@@ -101,16 +102,14 @@ def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: 
   return lambda x, t: core(x, t, None)[0]
 
 
-def _towards_noise(t: jax.Array, shift: float, schedule: baselines.Schedule) -> jax.Array:
+def _towards_noise(t: jax.Array, shift: float, schedule: Process) -> jax.Array:
   """The model time `shift` (noise fraction) noisier than t, clipped to the trained range (TSG's t~)."""
   lo, hi = schedule.time_range
-  if schedule.family == "dit":
-    return jnp.clip(t + shift * schedule.num_timesteps, lo, hi)
-  return jnp.clip(t - shift, lo, hi)
+  return jnp.clip(t + shift * schedule.time_per_noise, lo, hi)
 
 
 def make_segments(model: Branched, labels: jax.Array, g: GuidanceConfig, nu: np.ndarray, pseudo_level: float,
-                  parent: Branched | None = None, *, schedule: baselines.Schedule | None = None,
+                  parent: Branched | None = None, *, schedule: Process | None = None,
                   estimator: Estimator | None = None) -> list[seg.Segment]:
   """One denoiser per run of steps with the same active terms (static per-step noise fraction nu).
 

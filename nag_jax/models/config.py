@@ -7,12 +7,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
-FAMILIES = ("dit", "sit")
+from nag_jax.process import FAMILIES, family_process
+
 # Official size table (DiT models.py L328-369; SiT is identical): name -> (depth, hidden, heads).
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 PATCHES = (2, 4, 8)
-# Pseudo noise level fed instead of t for the noise-unconditional branch (paper appendix B.1).
-PSEUDO_LEVEL = {"dit": 1001.0, "sit": 1.001}
 # Backends of jax.nn.dot_product_attention: "xla" runs everywhere; "cudnn" is the fused GPU kernel (bf16/fp16).
 ATTENTION = ("xla", "cudnn")
 
@@ -66,7 +65,7 @@ class ModelConfig:
   @property
   def output_channels(self) -> int:
     """Channels the model returns: SiT drops the (dead) sigma half as the official forward does."""
-    return self.in_channels if self.family == "sit" else self.out_channels
+    return family_process(self.family).output_channels(self.in_channels, self.learn_sigma)
 
   @property
   def num_tokens(self) -> int:
@@ -80,7 +79,7 @@ class ModelConfig:
   @property
   def pseudo_level(self) -> float:
     """Default pseudo noise level of the noise-unconditional branch."""
-    return PSEUDO_LEVEL[self.family]
+    return family_process(self.family).default_pseudo_level
 
   @property
   def compute_dtype(self) -> Any:

@@ -93,8 +93,8 @@ class FinalLayer(nn.Module):
                  kernel_init=init.zeros, name="linear")(norm_modulate(x, shift, scale, self.dtype))
 
 
-class DiT(nn.Module):
-  """DiT/SiT: (x NHWC, t (B,), y (B,)) -> eps[+variance] (DiT) or velocity (SiT), NHWC."""
+class Backbone(nn.Module):
+  """The DiT/SiT trunk shared by the denoiser and g_phi: patch, time and label embedders, then the blocks."""
   config: ModelConfig
 
   def setup(self):
@@ -108,15 +108,6 @@ class DiT(nn.Module):
     self.y_embedder = LabelEmbedder(cfg.num_classes, cfg.hidden_size, cfg.class_dropout_prob > 0)
     block = nn.remat(DiTBlock) if cfg.remat else DiTBlock  # same params, activations recomputed
     self.blocks = [block(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, dt, cfg.attention) for _ in range(cfg.depth)]
-    self.final_layer = FinalLayer(cfg.hidden_size, cfg.patch_size, cfg.out_channels, dt)
-
-  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
-    cfg = self.config
-    tokens, c = self.features(x, t, y)
-    out = unpatchify(self.final_layer(tokens, c), cfg.patch_size, cfg.out_channels).astype(jnp.float32)
-    if cfg.family == "sit" and cfg.learn_sigma:
-      out = out[..., :cfg.in_channels]
-    return out
 
   def features(self, x: jax.Array, t: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Tokens (B, T, D) after the last block and the conditioning c (B, D), before the final layer."""
@@ -131,6 +122,23 @@ class DiT(nn.Module):
     for block in self.blocks:
       tokens = block(tokens, c)
     return tokens, c
+
+
+class DiT(Backbone):
+  """DiT/SiT: (x NHWC, t (B,), y (B,)) -> eps[+variance] (DiT) or velocity (SiT), NHWC."""
+
+  def setup(self):
+    super().setup()
+    cfg = self.config
+    self.final_layer = FinalLayer(cfg.hidden_size, cfg.patch_size, cfg.out_channels, cfg.compute_dtype)
+
+  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    cfg = self.config
+    tokens, c = self.features(x, t, y)
+    out = unpatchify(self.final_layer(tokens, c), cfg.patch_size, cfg.out_channels).astype(jnp.float32)
+    if cfg.output_channels < cfg.out_channels:  # the family's process drops the (dead) sigma half (SiT)
+      out = out[..., :cfg.output_channels]
+    return out
 
 
 def unpatchify(x: jax.Array, p: int, c: int) -> jax.Array:

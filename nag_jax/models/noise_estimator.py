@@ -2,7 +2,8 @@
 
 The final layer is replaced by a two-layer MLP (hidden -> hidden/2, SiLU, -> 1) on the mean-pooled
 block-output tokens, and the noise-condition input is held at the pseudo level, so the network has
-to read the noise level off x. Its params are the DiT params without `final_layer`, plus the head.
+to read the noise level off x. It shares DiT's `Backbone` (not DiT itself: another call signature), so its
+params are the DiT params without `final_layer`, plus the head.
 """
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from nag_jax.models import initializers as init
-from nag_jax.models.dit import DiT, dense
-
-HEAD = ("head_fc1", "head_fc2")
+from nag_jax.models.dit import Backbone, dense
 
 
-class NoiseEstimator(DiT):
+class NoiseEstimator(Backbone):
   """g_phi(x, y) -> (B,) predicted noise level: SiT t in [0, 1] (1 = data), or DiT t / 1000."""
   pseudo_level: float | None = None
 
@@ -26,7 +25,7 @@ class NoiseEstimator(DiT):
     self.head_fc1 = dense(self.config.hidden_size // 2, ("embed", "mlp"), dt)
     self.head_fc2 = dense(1, ("mlp", None), dt, kernel_init=init.zeros)
 
-  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:  # pylint: disable=arguments-differ
+  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
     level = self.config.pseudo_level if self.pseudo_level is None else self.pseudo_level
     tokens, _ = self.features(x, jnp.full(x.shape[:1], level, jnp.float32), y)
     pooled = tokens.astype(jnp.float32).mean(axis=1)

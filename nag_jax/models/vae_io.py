@@ -18,16 +18,21 @@ def _shift(module: AutoencoderKL) -> float:
   return module.config.shift_factor or 0.0
 
 
+def pixels_to_uint8(x: jax.Array) -> jax.Array:
+  """Images in [-1, 1] -> uint8 via clip(127.5 x + 128, 0, 255), the official sample_ddp.py rule (jittable)."""
+  return jnp.clip(127.5 * jnp.asarray(x, jnp.float32) + 128.0, 0.0, 255.0).astype(jnp.uint8)
+
+
 def decode_to_uint8(module: AutoencoderKL, params: dict, latents: jax.Array,
                     scaling_factor: float | None = None) -> jax.Array:
-  """Scaled latents (B, h, w, C) -> uint8 images (B, H, W, 3) via clip(127.5 x + 128, 0, 255) (sample_ddp.py).
+  """Scaled latents (B, h, w, C) -> uint8 images (B, H, W, 3) via `pixels_to_uint8` (sample_ddp.py).
 
   `scaling_factor` defaults to the config's (0.18215 for the SD-VAE); latents are divided by it.
   """
   scale = module.config.scaling_factor if scaling_factor is None else scaling_factor
   z = latents.astype(jnp.float32) / scale + _shift(module)
   x = module.apply({"params": params}, z, method=AutoencoderKL.decode)
-  return jnp.clip(127.5 * x.astype(jnp.float32) + 128.0, 0.0, 255.0).astype(jnp.uint8)
+  return pixels_to_uint8(x)
 
 
 def encode(module: AutoencoderKL, params: dict, images: jax.Array, key: jax.Array | None,

@@ -4,5 +4,3 @@ from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_le
 from nag_jax.sampling.ode_sampler import ODE_SAMPLERS, ode_noise_levels, ode_time_grid, sample_ode
 from nag_jax.sampling.sde_sampler import (LAST_STEPS, SDE_SAMPLERS, sample_sde, sde_noise_levels,
                                           sde_time_grid)
-from nag_jax.sampling.segments import (Denoise, DenoiseSpec, Segment, as_segments, group_steps,
-                                       scan_segments)

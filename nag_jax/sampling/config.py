@@ -5,6 +5,7 @@ import dataclasses
 
 import ml_collections
 
+from nag_jax import process
 from nag_jax.errors import UserError
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.sampling.pipeline import SamplerConfig
@@ -34,7 +35,7 @@ def default_sample_config(family: str, preset: str = "nag") -> ml_collections.Co
   c.grid_size = 64             # images in grid.png
   c.mesh = ml_collections.ConfigDict(default_mesh_config())
   c.sampler = ml_collections.ConfigDict(dataclasses.asdict(
-      SamplerConfig(method="ddpm" if family == "dit" else "sde")))
+      SamplerConfig(method=process.family_process(family).sampler_methods[0])))
   cfg_scale, nag_scale = PRESETS[preset]
   c.guidance = ml_collections.ConfigDict(dataclasses.asdict(GuidanceConfig(cfg_scale=cfg_scale,
                                                                            nag_scale=nag_scale)))
@@ -75,7 +76,4 @@ def parse_labels(labels: str, num_classes: int | None = None) -> list[int]:
 
 def to_dataclasses(c: ml_collections.ConfigDict) -> tuple[SamplerConfig, GuidanceConfig]:
   """(SamplerConfig, GuidanceConfig) from the `sampler` and `guidance` sub-configs (validated)."""
-  g = c.guidance.to_dict()
-  for k in ("cfg_interval", "nag_interval", "dog_interval"):
-    g[k] = tuple(g[k])
-  return SamplerConfig(**c.sampler.to_dict()), GuidanceConfig(**g)
+  return SamplerConfig(**c.sampler.to_dict()), GuidanceConfig(**c.guidance.to_dict())

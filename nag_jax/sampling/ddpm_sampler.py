@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.diffusion import gaussian_diffusion as gd
+from nag_jax.guidance import segments as seg
 from nag_jax.sampling import common
-from nag_jax.sampling import segments as seg
 
 DIFFUSION_SAMPLERS = ("ddpm", "ddim")
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.flow import transport as tr
+from nag_jax.guidance import segments as seg
 from nag_jax.sampling import common
-from nag_jax.sampling import segments as seg
 
 ODE_SAMPLERS = ("euler", "heun2", "midpoint", "dopri5")
 

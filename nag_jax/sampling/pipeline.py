@@ -8,11 +8,9 @@ import jax
 import numpy as np
 
 from nag_jax import checks
-from nag_jax.diffusion.gaussian_diffusion import create_diffusion
-from nag_jax.flow.transport import create_transport
+from nag_jax import process
 from nag_jax.errors import UserError
 from nag_jax.guidance import Branched, GuidanceConfig, make_segments
-from nag_jax.guidance.baselines import Schedule
 from nag_jax.guidance.classifier_nag import Estimator
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, cast_for_compute
@@ -22,13 +20,11 @@ from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_le
 from nag_jax.sampling.ode_sampler import ODE_SAMPLERS, ode_noise_levels, sample_ode
 from nag_jax.sampling.sde_sampler import SDE_SAMPLERS, sample_sde, sde_noise_levels
 
-METHODS = {"dit": ("ddpm", "ddim"), "sit": ("sde", "ode")}
-
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """Which sampler and its settings; defaults are the official sample scripts' (250 steps)."""
-  method: str = "ddpm"                 # dit: ddpm | ddim; sit: sde | ode
+  method: str = "ddpm"                 # one of the family's `Process.sampler_methods`
   num_steps: int = 250
   respacing: str | None = None         # DiT only; default str(num_steps) or f"ddim{num_steps}"
   clip_denoised: bool = False
@@ -48,7 +44,7 @@ class SamplerConfig:
     nonfinite = checks.nonfinite_fields(self)  # NaN passes every range check below
     if nonfinite:
       raise UserError("invalid sampler: " + "; ".join(nonfinite))
-    common.check_choice(f"sampling method for {family}", self.method, METHODS[family])
+    common.check_choice(f"sampling method for {family}", self.method, process.family_process(family).sampler_methods)
     if self.num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
     if self.method == "sde":
@@ -59,16 +55,21 @@ class SamplerConfig:
       raise ValueError(f"eta must be >= 0, got {self.eta}")
 
 
-def _plan(model_config: ModelConfig, s: SamplerConfig):
-  """(noise levels per step, run(segments, x, key, noises, trajectory)) for the chosen sampler."""
-  if model_config.family == "dit":
+def _process(model_config: ModelConfig, s: SamplerConfig) -> process.Process:
+  """The model's process as its samplers see it (the sampler's path, the model's variance head)."""
+  return process.create(model_config.family, path_type=s.path_type, learn_sigma=model_config.learn_sigma)
+
+
+def _plan(proc: process.Process, s: SamplerConfig):
+  """(noise levels per step, run(segments, x, key, noises, trajectory)) for the chosen (validated) sampler."""
+  if s.method in DIFFUSION_SAMPLERS:
     respacing = s.respacing or (f"ddim{s.num_steps}" if s.method == "ddim" else str(s.num_steps))
-    diffusion = create_diffusion(respacing, learn_sigma=model_config.learn_sigma)
+    diffusion = proc.respaced(respacing)
     def run(segs, x, key, noises, traj):
       return sample_diffusion(diffusion, segs, x, key, method=s.method, eta=s.eta,
                               clip_denoised=s.clip_denoised, noises=noises, return_trajectory=traj)
     return diffusion_noise_levels(diffusion), run
-  transport = create_transport(s.path_type)
+  transport = proc.transport
   if s.method == "sde":
     kw = dict(num_steps=s.num_steps, diffusion_form=s.diffusion_form, last_step=s.last_step,
               last_step_size=s.last_step_size)
@@ -91,7 +92,7 @@ def _plan(model_config: ModelConfig, s: SamplerConfig):
 def step_noise_levels(model_config: ModelConfig, sampler: SamplerConfig) -> np.ndarray:
   """Static noise fraction (1 = noise) of each denoising step of the sampler, as the guidance sees it."""
   sampler.validate(model_config.family)
-  return _plan(model_config, sampler)[0]
+  return _plan(_process(model_config, sampler), sampler)[0]
 
 
 def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig, *,
@@ -108,8 +109,9 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
   outside are refused with a UserError; traced ones (under an outer jit) give NaN rows instead.
   """
   sampler.validate(model_config.family)
-  pseudo = guidance.check_pseudo_level(model_config.family, model_config.pseudo_level)
-  nu, run = _plan(model_config, sampler)
+  proc = _process(model_config, sampler)
+  pseudo = proc.pseudo_level(guidance.pseudo_level)
+  nu, run = _plan(proc, sampler)
   used = frozenset().union(*(guidance.active_terms(float(v)) for v in nu))
   if "dog" in used and parent_config is None:
     raise ValueError("dog_scale > 1 needs parent_config (the pre-trained model of Domain Guidance)")
@@ -117,7 +119,6 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     raise ValueError("autoguidance_scale > 1 needs parent_config (the weaker model of autoguidance)")
   if "classifier_nag" in used and estimator is None:
     raise ValueError("classifier_nag_scale > 0 needs estimator (the noise-level estimator g_phi)")
-  schedule = Schedule.create(model_config.family, path_type=sampler.path_type)
   model = DiT(model_config)
   parent = DiT(parent_config) if parent_config is not None else None
   shape = (model_config.input_size, model_config.input_size, model_config.in_channels)
@@ -134,7 +135,7 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
                                                parent_config.null_class, parent_config.in_channels)
     est = None if estimator is None else Estimator(
         lambda p, x, y: estimator.apply({"params": p}, x, y), estimator_params)
-    segs = make_segments(main, labels, guidance, nu, pseudo, par, schedule=schedule, estimator=est)
+    segs = make_segments(main, labels, guidance, nu, pseudo, par, schedule=proc, estimator=est)
     init_key, step_key = jax.random.split(key)
     x = jax.random.normal(init_key, (labels.shape[0], *shape), jax.numpy.float32)
     out = run(segs, x, step_key, noises, return_trajectory)

@@ -14,8 +14,8 @@ import numpy as np
 
 from nag_jax.flow import paths
 from nag_jax.flow import transport as tr
+from nag_jax.guidance import segments as seg
 from nag_jax.sampling import common
-from nag_jax.sampling import segments as seg
 
 SDE_SAMPLERS = ("Euler", "Heun")
 LAST_STEPS = ("Mean", "Tweedie", "Euler", None)

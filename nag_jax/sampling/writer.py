@@ -131,11 +131,6 @@ def save_grid(images: np.ndarray, path: pathlib.Path, ncols: int = 8) -> None:
   Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """Images in [-1, 1] -> uint8 via clip(127.5 x + 128, 0, 255), the official sample_ddp.py rule."""
-  return np.clip(127.5 * np.asarray(x, np.float32) + 128.0, 0, 255).astype(np.uint8)
-
-
 def latents_preview(latents: np.ndarray) -> np.ndarray:
   """A viewable uint8 picture of latents: first 3 channels scaled to their min/max."""
   z = np.asarray(latents[..., :3], np.float32)

@@ -9,7 +9,7 @@ layouts with fsdp on both the batch and the features.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -85,10 +85,15 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, _fit(nn.logical_to_mesh_axes(names, RULES), x.shape, mesh))
 
 
+def batch_devices(shape: Mapping[str, int]) -> int:
+  """How many ways the batch is split: the product of the sizes of the 'batch' rule's axes (data x fsdp)."""
+  return math.prod(shape[a] for a in dict(RULES)["batch"])
+
+
 def check_batch(mesh: Mesh, batch: int) -> None:
   """Raises a clear error when a global batch does not split evenly over the mesh's batch axes."""
   axes = dict(RULES)["batch"]
-  devices = math.prod(mesh.shape[a] for a in axes)
+  devices = batch_devices(mesh.shape)
   if batch % devices:
     raise ValueError(f"batch {batch} is not divisible by the {devices} devices of the batch axes {axes} of "
                      f"mesh {dict(mesh.shape)}")

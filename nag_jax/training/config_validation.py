@@ -14,12 +14,12 @@ from nag_jax.diffusion import NOISE_SCHEDULES
 from nag_jax.errors import UserError
 from nag_jax.flow import PATH_TYPES
 from nag_jax.models.config import ModelConfig
-from nag_jax.sharding import resolve_shape
+from nag_jax.sharding import batch_devices, resolve_shape
 from nag_jax.training.base_config import get_base_config
-from nag_jax.training.objectives import trained_range
+from nag_jax.training.input_pipeline import DATA_KINDS
+from nag_jax.training.objectives import objective_process
 
 MODES = ("scratch", "finetune", "noise_estimator")
-DATA_KINDS = ("digits", "folder", "tfds", "latents")
 SCHEDULES = ("constant", "cosine", "linear")
 # Fields a fine-tune may change relative to the checkpoint it starts from.
 FINETUNE_FREE = ("num_classes", "dtype", "class_dropout_prob", "remat")
@@ -93,8 +93,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(p, "objective.input_perturbation", o.input_perturbation, lambda v: v >= 0, ">= 0 (0 = off)")
   _check(p, "objective.noise_schedule", o.noise_schedule, lambda v: v in NOISE_SCHEDULES, f"one of {NOISE_SCHEDULES}")
   _check(p, "objective.path_type", o.path_type, lambda v: v in PATH_TYPES, f"one of {PATH_TYPES}")
-  if o.pseudo_level is not None:
-    lo, hi = trained_range(model.family, o.diffusion_steps)
+  if o.pseudo_level is not None and not p:
+    lo, hi = objective_process(model, o).time_range
     _check(p, "objective.pseudo_level", o.pseudo_level, lambda v: not lo <= v <= hi,
            f"outside the trained range [{lo}, {hi}] of {model.family} timesteps")
   _check(p, "optimizer.learning_rate", opt.learning_rate, lambda v: v > 0, "> 0")
@@ -167,7 +167,7 @@ def _check_batch(p: list, c: ml_collections.ConfigDict, num_devices: int) -> Non
     p.append(f"mesh: {e}")
     return
   accum = c.optimizer.accumulation_steps
-  shards = mesh["data"] * mesh["fsdp"]
+  shards = batch_devices(mesh)
   if c.global_batch_size % (accum * shards):
     p.append(f"global_batch_size {c.global_batch_size} must be divisible by accumulation_steps x batch "
              f"devices = {accum} x {shards} ({num_devices} devices, mesh {mesh})")

@@ -10,16 +10,20 @@ from nag_jax import data
 from nag_jax.sharding import batch_sharding, multihost
 
 
-def create_source(dc: ml_collections.ConfigDict):
+DATA_KINDS = ("digits", "folder", "tfds", "latents")  # the sources `create_source` builds
+
+
+def create_source(data_config: ml_collections.ConfigDict):
   """The grain random-access source of `config.data`."""
-  if dc.kind == "digits":
-    x, y = data.digits_arrays(dc.image_size)
+  if data_config.kind == "digits":
+    x, y = data.digits_arrays(data_config.image_size)
     return data.ArraySource(x, y, num_classes=10)
-  if dc.kind == "folder":
-    return data.FolderSource(dc.path, image_size=dc.image_size)
-  if dc.kind == "tfds":
-    return data.TfdsSource(dc.tfds_name, split=dc.split, data_dir=dc.data_dir or None, image_size=dc.image_size)
-  return data.LatentSource(dc.path)
+  if data_config.kind == "folder":
+    return data.FolderSource(data_config.path, image_size=data_config.image_size)
+  if data_config.kind == "tfds":
+    return data.TfdsSource(data_config.tfds_name, split=data_config.split, data_dir=data_config.data_dir or None,
+                           image_size=data_config.image_size)
+  return data.LatentSource(data_config.path)
 
 
 def check_source(source, model_config) -> None:
@@ -35,9 +39,10 @@ def check_source(source, model_config) -> None:
 
 def create_iterator(config: ml_collections.ConfigDict, source, mesh: Mesh):
   """This process's checkpointable iterator of its rows of each global batch (order set by the seed)."""
-  dc = config.data
+  data_config = config.data
   return data.make_train_iterator(source, global_batch_size=config.global_batch_size, seed=config.seed,
-                                  shuffle=dc.shuffle, flip=dc.flip, worker_count=dc.worker_count,
+                                  shuffle=data_config.shuffle, flip=data_config.flip,
+                                  worker_count=data_config.worker_count,
                                   shard_options=multihost.data_shard_options(mesh, config.global_batch_size))
 
 

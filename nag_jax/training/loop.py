@@ -1,6 +1,6 @@
 """The training loop: validate, build the sharded state or resume it, train, log, sample, checkpoint.
 
-It does not import clu (which imports TensorFlow): `train.train_and_evaluate` passes a clu metric writer
+It does not import clu (which imports TensorFlow): `train.train_with_logging` passes a clu metric writer
 and progress hook in; `train(config, workdir)` alone runs with neither (quick CPU runs, the kill test).
 """
 from __future__ import annotations
@@ -45,14 +45,16 @@ def flush_metrics(writer: Any, pending: list[tuple[int, dict]]) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, writer: Any = None,
-          progress: Callable[[int], Any] | None = None) -> TrainState:
+          progress: Callable[[int], Any] | None = None, validated: bool = False) -> TrainState:
   """Trains per `config` in `workdir` (checkpoints/, model/ export of the EMA or g_phi) and returns the state.
 
   Resumes from the latest complete checkpoint in `workdir/checkpoints` (state and data order), so a run
   killed at any moment continues exactly. `writer` is a clu `MetricWriter` (scalars, sample grids);
-  `progress(step)` is called after every step.
+  `progress(step)` is called after every step. `validated` says the caller has run
+  `config_validation.validate` already (it reads the init_from and VAE folders: once is enough).
   """
-  config_validation.validate(config)
+  if not validated:
+    config_validation.validate(config)
   workdir = pathlib.Path(workdir)
   mesh = make_mesh(config.mesh.to_dict())
   source = input_pipeline.create_source(config.data)

@@ -13,9 +13,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from nag_jax import diffusion as gd
-from nag_jax import flow
+from nag_jax import process
 from nag_jax.models.config import ModelConfig
+from nag_jax.process import Process
 
 # apply(params, x, t, y) for DiT/SiT; apply(params, x, y) for the noise estimator.
 ApplyFn = Callable[..., jax.Array]
@@ -38,26 +38,24 @@ jax.tree_util.register_dataclass(Draws, data_fields=[f.name for f in dataclasses
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Objective:
-  """Static description of the loss; hashed by identity so it can close over a jitted step."""
-  kind: str  # "diffusion" (DiT eps + VB), "flow" (SiT velocity) or "noise_level" (g_phi)
-  family: str
+  """Static description of the loss; hashed by identity so it can close over a jitted step.
+
+  The family's `process` draws t, builds x_t and scores the network output; `noise_level` trains g_phi
+  (the level regression) instead of the denoiser.
+  """
+  process: Process
   null_class: int
   pseudo_level: float
   label_dropout: float = 0.1
   noise_dropout: float = 0.0
   input_perturbation: float = 0.0
-  diffusion: Any = None   # gd.GaussianDiffusion (family "dit")
-  transport: Any = None   # flow.Transport (family "sit")
+  noise_level: bool = False
 
   def draw(self, key: jax.Array, x0: jax.Array, y: jax.Array) -> Draws:
     """Draws t, noises and the two independent dropout masks for a batch (x0 NHWC, y (B,))."""
     b = x0.shape[0]
     k_t, k_noise, k_xi, k_y, k_drop = jax.random.split(key, 5)
-    if self.family == "dit":
-      t = jax.random.randint(k_t, (b,), 0, self.diffusion.num_timesteps)
-    else:
-      t0, t1 = flow.check_interval(self.transport)
-      t = jax.random.uniform(k_t, (b,), jnp.float32, t0, t1)
+    t = self.process.draw_time(k_t, b)
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     input_noise = noise
     if self.input_perturbation:
@@ -68,50 +66,30 @@ class Objective:
 
   def noisy_input(self, x0: jax.Array, d: Draws) -> tuple[jax.Array, jax.Array]:
     """(x_t built from the input noise at the true t, the t the network would see without dropout)."""
-    if self.family == "dit":
-      return gd.q_sample(self.diffusion, x0, d.t, d.input_noise), gd.model_timesteps(self.diffusion, d.t)
-    x_t, _ = self.transport.path.plan(d.t, d.input_noise, x0)
-    return x_t, d.t
+    return self.process.noisy_input(x0, d.t, d.input_noise)
 
   def losses(self, apply: ApplyFn, params: Any, x0: jax.Array, d: Draws) -> dict[str, jax.Array]:
     """Per-example losses {'loss', ...} for data x0 (NHWC) and the batch's draws."""
     x_t, t_model = self.noisy_input(x0, d)
-    if self.kind == "noise_level":
-      target = d.t.astype(jnp.float32)
-      if self.family == "dit":
-        target = target / self.diffusion.num_timesteps
+    if self.noise_level:
+      target = self.process.estimator_target(d.t.astype(jnp.float32))
       return {"loss": jnp.square(apply(params, x_t, d.y) - target)}
     t_in = jnp.where(d.drop_t, jnp.float32(self.pseudo_level), t_model)
-    out = apply(params, x_t, t_in, d.y)
-    if self.kind == "flow":
-      _, u_t = self.transport.path.plan(d.t, d.noise, x0)
-      return {"loss": gd.mean_flat(jnp.square(out - u_t))}
-    c = x0.shape[-1]
-    mse = gd.mean_flat(jnp.square(d.noise - out[..., :c]))
-    if self.diffusion.variance_type != "learned_range":
-      return {"loss": mse, "mse": mse}
-    frozen = jnp.concatenate([jax.lax.stop_gradient(out[..., :c]), out[..., c:]], axis=-1)
-    vb = gd.vb_terms_bpd(self.diffusion, frozen, x0, x_t, d.t)
-    return {"loss": mse + vb, "mse": mse, "vb": vb}
+    return self.process.losses(apply(params, x_t, t_in, d.y), x0, x_t, d.t, d.noise)
+
+
+def objective_process(model_config: ModelConfig, objective_config) -> Process:
+  """The family's process with the training config's forward-process options."""
+  return process.create(model_config.family, noise_schedule=objective_config.noise_schedule,
+                        diffusion_steps=objective_config.diffusion_steps, learn_sigma=model_config.learn_sigma,
+                        path_type=objective_config.path_type)
 
 
 def create_objective(model_config: ModelConfig, objective_config, *, noise_level: bool = False) -> Objective:
   """The objective of a DiT (eps + VB) or SiT (velocity) model, or of g_phi when `noise_level`."""
-  oc = objective_config
-  pseudo = model_config.pseudo_level if oc.pseudo_level is None else float(oc.pseudo_level)
-  kind = "noise_level" if noise_level else ("diffusion" if model_config.family == "dit" else "flow")
-  common = dict(kind=kind, family=model_config.family, null_class=model_config.null_class,
-                pseudo_level=pseudo, label_dropout=float(oc.label_dropout),
-                noise_dropout=0.0 if noise_level else float(oc.noise_dropout),
-                input_perturbation=float(oc.input_perturbation))
-  if model_config.family == "dit":
-    diffusion = gd.create_diffusion("", noise_schedule=oc.noise_schedule, learn_sigma=model_config.learn_sigma,
-                                    diffusion_steps=oc.diffusion_steps)
-    return Objective(diffusion=diffusion, **common)
-  return Objective(transport=flow.create_transport(oc.path_type), **common)
-
-
-def trained_range(family: str, diffusion_steps: int = 1000) -> tuple[float, float]:
-  """The range of t the network is trained on; a pseudo level must lie outside it."""
-  return (0.0, float(diffusion_steps - 1)) if family == "dit" else (0.0, 1.0)
-
+  proc = objective_process(model_config, objective_config)
+  return Objective(proc, null_class=model_config.null_class,
+                   pseudo_level=proc.pseudo_level(objective_config.pseudo_level),
+                   label_dropout=float(objective_config.label_dropout),
+                   noise_dropout=0.0 if noise_level else float(objective_config.noise_dropout),
+                   input_perturbation=float(objective_config.input_perturbation), noise_level=noise_level)

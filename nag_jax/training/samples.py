@@ -10,25 +10,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from nag_jax import process
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.vae import AutoencoderKL
 from nag_jax.models.vae_io import decode_to_uint8
-from nag_jax.sampling.pipeline import METHODS, SamplerConfig, build_sampler
+from nag_jax.sampling.images import grid, to_rgb_uint8
+from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 from nag_jax.sharding import replicated
-
-
-def to_uint8(x: jax.Array) -> np.ndarray:
-  """NHWC model-space samples in [-1, 1] -> uint8 RGB (1 channel repeated; latents show channels 0-2)."""
-  x = np.asarray(x)
-  x = np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x[..., :3]
-  return np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8)
-
-
-def grid(rows: list[np.ndarray], pad: int = 1) -> np.ndarray:
-  """Tiles rows of (N, H, W, 3) images into one (H', W', 3) image with `pad` black pixels between."""
-  rows = [np.pad(r, ((0, 0), (pad, pad), (pad, pad), (0, 0))) for r in rows]
-  return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
 def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict, mesh: Mesh, param_shardings: Any,
@@ -40,7 +29,8 @@ def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict
   `vae` = (module, params) decodes latents to images inside the compiled call (else channels 0-2 are shown).
   The samples come back replicated, so every process (of a multi-host run) holds the whole grid.
   """
-  sampler = SamplerConfig(method=METHODS[model_config.family][0], num_steps=sc.num_steps)
+  sampler = SamplerConfig(method=process.family_process(model_config.family).sampler_methods[0],
+                          num_steps=sc.num_steps)
   base = dict(cfg_scale=sc.cfg_scale, pseudo_level=pseudo_level)
   decode = None if vae is None else functools.partial(decode_to_uint8, vae[0])
   fns = [build_sampler(model_config, sampler, GuidanceConfig(nag_scale=w, **base), decode=decode, jit=False)
@@ -56,6 +46,6 @@ def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict
   run = jax.jit(both, in_shardings=(param_shardings, rep), out_shardings=rep)
 
   def sample_grid(params):
-    return grid([to_uint8(x) if decode is None else np.asarray(x) for x in run(params, vae_params)])
+    return grid([to_rgb_uint8(x) if decode is None else np.asarray(x) for x in run(params, vae_params)])
 
   return sample_grid

@@ -1,4 +1,4 @@
-"""`train_and_evaluate`: the training loop with clu logging (TensorBoard + console, progress and ETA)."""
+"""`train_with_logging`: the training loop with clu logging (TensorBoard + console, progress and ETA)."""
 from __future__ import annotations
 
 import pathlib
@@ -19,7 +19,7 @@ def _flatten(d: dict, prefix: str = ""):
       yield f"{prefix}{k}", "None" if v is None else v
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
+def train_with_logging(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
   """Trains per `config` in `workdir`, writing metrics and sample grids to TensorBoard there.
 
   Steps per second and the ETA come from `periodic_actions.ReportProgress`; see `loop.train` for
@@ -33,6 +33,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                              every_steps=config.log_every_steps)
   try:
-    return loop.train(config, workdir, writer=writer, progress=progress)
+    return loop.train(config, workdir, writer=writer, progress=progress, validated=True)
   finally:
     writer.flush()

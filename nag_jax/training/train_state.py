@@ -52,22 +52,24 @@ class TrainState(flax.struct.PyTreeNode):
     return self.params if self.ema_params is None else self.ema_params
 
 
-def learning_rate_schedule(oc, num_train_steps: int) -> optax.Schedule:
+def learning_rate_schedule(optimizer_config, num_train_steps: int) -> optax.Schedule:
   """Linear warm-up from 0, then constant, cosine or linear decay to `end_learning_rate_factor * lr`."""
-  lr, warm = oc.learning_rate, oc.warmup_steps
+  lr, warm = optimizer_config.learning_rate, optimizer_config.warmup_steps
   rest = max(num_train_steps - warm, 1)
-  end = lr * oc.end_learning_rate_factor
+  end = lr * optimizer_config.end_learning_rate_factor
   main = {"constant": lambda: optax.constant_schedule(lr),
-          "cosine": lambda: optax.cosine_decay_schedule(lr, rest, alpha=oc.end_learning_rate_factor),
-          "linear": lambda: optax.linear_schedule(lr, end, rest)}[oc.schedule]()
+          "cosine": lambda: optax.cosine_decay_schedule(lr, rest, alpha=optimizer_config.end_learning_rate_factor),
+          "linear": lambda: optax.linear_schedule(lr, end, rest)}[optimizer_config.schedule]()
   if not warm:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), main], [warm])
 
 
-def create_optimizer(oc, num_train_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(optimizer_config, num_train_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (official defaults lr 1e-4, wd 0, betas 0.9/0.999), with optional global-norm clipping."""
-  schedule = learning_rate_schedule(oc, num_train_steps)
-  adamw = optax.adamw(schedule, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay)
-  tx = optax.chain(optax.clip_by_global_norm(oc.grad_clip_norm), adamw) if oc.grad_clip_norm else adamw
+  schedule = learning_rate_schedule(optimizer_config, num_train_steps)
+  adamw = optax.adamw(schedule, b1=optimizer_config.b1, b2=optimizer_config.b2, eps=optimizer_config.eps,
+                      weight_decay=optimizer_config.weight_decay)
+  clip = optimizer_config.grad_clip_norm
+  tx = optax.chain(optax.clip_by_global_norm(clip), adamw) if clip else adamw
   return tx, schedule

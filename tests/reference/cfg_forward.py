@@ -1,4 +1,4 @@
-"""The official `forward_with_cfg`, reproduced exactly (3-channel quirk), plus the 4-channel variant."""
+"""Test oracle: the official `forward_with_cfg` in JAX, exactly (3-channel quirk), plus the 4-channel variant."""
 from __future__ import annotations
 
 import jax
