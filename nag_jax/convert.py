@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nag_jax import cli
+from nag_jax import cli, process
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.dit_convert import infer_config, torch_to_flax
 from nag_jax.checkpoints.torch_io import read_state_dict
@@ -18,7 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = cli.ArgumentParser(prog="python -m nag_jax.convert", description=__doc__.splitlines()[0])
   p.add_argument("--src", required=True, help="official checkpoint: state_dict or train.py dict")
   p.add_argument("--dst", required=True, help="output directory (Orbax params + config.json)")
-  p.add_argument("--family", required=True, choices=["dit", "sit"], help="dit: eps+variance; sit: velocity")
+  p.add_argument("--family", required=True, choices=process.FAMILIES, help="dit: eps+variance; sit: velocity")
   p.add_argument("--num-heads", type=int, default=None, help="needed only for a non-standard hidden size")
   p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --dst")
   p.add_argument("--trust-pickle", action="store_true",
