@@ -129,11 +129,14 @@ def parse_absl_flags(argv: list[str], flag_values=None) -> list[str]:
 
 def _unknown_key_message(e: Exception, argv: list[str]) -> str:
   """'unknown config key --config.a.b (Did you mean ...?)' from config_flags' AttributeError / KeyError."""
-  text = str(e).replace("\\n", "\n")  # KeyError's message is a repr: its newline arrives escaped
+  inner: BaseException = e
+  while inner.args and isinstance(inner.args[0], BaseException):  # AttributeError(KeyError(message))
+    inner = inner.args[0]
+  text = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
   lines = [line.strip().strip("'\"") for line in text.splitlines() if line.strip()]
   key = lines[0] if lines else ""
   overrides = [a.split("=")[0] for a in argv if re.match(r"--\w+\.", a)]
-  named = [o for o in overrides if o.split(".")[-1] == key] or overrides
+  named = [o for o in overrides if key in o.split(".")] or overrides
   hint = f" ({' '.join(lines[1:])})" if len(lines) > 1 else ""
   return f"unknown config key {', '.join(named) or key}{hint}"
 
