@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -76,3 +77,48 @@ def test_numbers_are_finite_and_sane(quick_demo):
   shift = results["noise_shift"]["w1"]
   assert {"forward", "none", "nag"} <= set(shift["per_step"])
   assert len(shift["selected"]) == len(results["config"]["shift_t"])
+
+
+STUDY_SECTIONS = ("## Claim 1: NAG on top of the best CFG", "## Claim 2: NAG's gain as the steps grow",
+                  "## Noise shift with intervals", "## NAG beside its peers", "## Weight sweep", "## Guidance intervals",
+                  "## FD against precision and recall", "## Timing")
+
+
+@pytest.fixture(scope="module")
+def quick_study(quick_demo, tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
+  """`--study --quick` on a copy of the quick demo's trained models (its folder stays untouched)."""
+  out = tmp_path_factory.mktemp("study")
+  shutil.copytree(quick_demo[0] / "runs", out / "runs")
+  proc = subprocess.run([sys.executable, "-m", "nag_jax.demo", "--study", "--quick", "--no-progress", "--out", str(out)],
+                        cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, f"quick study failed:\n{proc.stderr[-4000:]}"
+  return out, proc
+
+
+def test_study_report_structure_and_finite_values(quick_study):
+  out, proc = quick_study
+  report = (out / "study" / "report.md").read_text()
+  for section in STUDY_SECTIONS:
+    assert section in report, section
+  assert "Student-t" in report and "min wall" in report
+  assert any(w in proc.stdout for w in ("beats", "is worse than", "does not separate from"))
+  assert "sde: NAG alone" in proc.stdout and "ode: NAG alone" in proc.stdout
+  images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+  assert sorted(images) == ["fd_precision_recall.png", "kde.png", "shift_curves.png"]
+  for image in images:
+    assert (out / "study" / image).read_bytes()[:4] == b"\x89PNG", image
+  results = json.loads((out / "study" / "results.json").read_text())
+  assert all(math.isfinite(v) for v in _numbers(results))
+  assert results["models"]["reused"]["main seed 0"] and not results["models"]["reused"]["weak seed 0"]
+  cells = results["cells"]["SDE 10"]
+  expected = {"none", "nag1", "cfg1.5", "cfg1.5+nag1", "cfg1.5+nag1_nested", "nag1_early", "nag1_late",
+              "cfg1.5_early", "cfg1.5_late", "auto1.5", "tsg1", "es", "ts", "cfg1.5+auto1.5", "cfg1.5+tsg1",
+              "cfg1.5+es", "cfg1.5+ts", "cfgzero1.5", "apg1.5"}
+  assert set(cells) == expected
+  for cell in cells.values():
+    assert len(cell["fd"]) == 2 and len(cell["runs"]) == 2 and min(cell["fd"]) >= 0
+  assert set(results["cells"]["ODE 10"]) == {"none", "cfg1.5", "nag1", "cfg1.5+nag1"}
+  assert results["rows"]["cfg1.5+nag1_nested"] == 4 and results["rows"]["auto1.5"] == 2 and results["rows"]["es"] == 1
+  shift = results["noise_shift"]["per_level"]
+  assert len(shift["bias"]) == len(shift["level"]) == len(shift["reduction"]) and shift["bias"][0][1] > 0
+  assert "| ν |" in report and "| method |" in report

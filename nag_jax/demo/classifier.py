@@ -7,9 +7,12 @@ feature width gives a second, pixel-global feature space to check how much the F
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 from typing import Any, Callable
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,3 +89,23 @@ def train(kind: str, images: np.ndarray, labels: np.ndarray, key: jax.Array, *, 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def save(path: pathlib.Path, params: dict[str, Any], meta: dict) -> None:
+  """Writes every kind's params (flax msgpack) and `meta` (what they were trained with) into folder `path`."""
+  path.mkdir(parents=True, exist_ok=True)
+  for kind, p in params.items():
+    (path / f"{kind}.msgpack").write_bytes(flax.serialization.to_bytes(p))
+  (path / "meta.json").write_text(json.dumps(meta))
+
+
+def load(path: pathlib.Path, meta: dict, image_shape: tuple[int, ...]) -> dict[str, Any] | None:
+  """The params saved by `save` when they were trained with the same `meta`, else None."""
+  if not (path / "meta.json").is_file() or json.loads((path / "meta.json").read_text()) != meta:
+    return None
+  out = {}
+  for kind in KINDS:
+    target = jax.eval_shape(lambda k=kind: DigitClassifier(k).init(jax.random.key(0), jnp.zeros((1, *image_shape))))
+    out[kind] = flax.serialization.from_bytes(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target["params"]),
+                                              (path / f"{kind}.msgpack").read_bytes())
+  return out

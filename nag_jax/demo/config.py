@@ -109,3 +109,49 @@ FULL = DemoConfig()
 QUICK = dataclasses.replace(FULL, hidden_size=64, depth=2, train_steps=200, ema_decay=0.98, gphi_steps=100,
                             classifier_steps=250, num_samples=200, runs=(("sde", 20),), variant_runs=(("sde", 20),),
                             shift_samples=64, shift_t=(0.7, 0.5, 0.3), shift_nag=(1.0,), grid_per_class=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """The `--study` grid: weight sweeps, guidance intervals, step counts, peers, and the powered noise shift.
+
+  Sweeps, step counts and intervals run on the first of `train_seeds` x `num_seeds` sampling seeds; the
+  other training seeds re-test the weights picked on the first and train the peers' own models (the weak
+  model of autoguidance: the main model trained `weak_steps`; Input Perturbation's). Phases run most
+  important first (`study.Study.phases`), so a run cut short keeps the answers to the two claims.
+  """
+  train_seeds: tuple[int, ...] = (0, 1)
+  num_seeds: int = 5
+  nag: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5)
+  cfg: tuple[float, ...] = (1.25, 1.5, 2.0)  # CFG 1 is the unguided row
+  grid_nag: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5)  # NAG weights of the NAG + CFG grid
+  nested_nag: tuple[float, ...] = (0.25, 0.5)  # ... and of its nested form
+  sweep_runs: tuple[tuple[str, int], ...] = (("sde", 50),)
+  nested_runs: tuple[tuple[str, int], ...] = (("sde", 50),)  # where the nested NAG + CFG form also runs
+  step_runs: tuple[tuple[str, int], ...] = (("sde", 20), ("ode", 20), ("ode", 50), ("sde", 250), ("ode", 250))
+  step_seeds: int = 5  # sampling seeds at step_runs (first training seed)
+  step_nag: tuple[float, ...] = (0.5, 1.0)
+  early_late: float = 0.5  # intervals: early = nu in [0.5, 1], late = nu in [0, 0.5]
+  weak_steps: int = 400
+  ip_gamma: float = 0.1
+  autoguidance: tuple[float, ...] = (1.5, 2.0)
+  tsg: tuple[float, ...] = (0.5, 1.0)
+  tsg_shift: float = 0.05
+  cfg_zero_init_steps: int = 1
+  apg_momentum: float = -0.5
+  apg_norm_threshold: float = 4.0
+  eps_scaling: float = 0.01
+  time_shift_window: float = 0.02
+  gphi_steps: int = 2000
+  shift_samples: int = 2000
+  shift_nag: float = 1.0
+  bootstrap: int = 200  # KDE bands
+
+
+STUDY = StudyConfig()
+# CI: the quick demo's models and g_phi, one training seed, a 10-step SDE and ODE, no Input Perturbation model.
+STUDY_QUICK = StudyConfig(train_seeds=(0,), num_seeds=2, nag=(1.0,), cfg=(1.5,), grid_nag=(1.0,), nested_nag=(1.0,),
+                          sweep_runs=(("sde", 10),),
+                          nested_runs=(("sde", 10),), step_runs=(("ode", 10),), step_seeds=2, step_nag=(1.0,),
+                          weak_steps=50, ip_gamma=0.0, autoguidance=(1.5,), tsg=(1.0,), gphi_steps=0,
+                          shift_samples=64, bootstrap=20)

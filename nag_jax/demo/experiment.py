@@ -96,6 +96,26 @@ class Grid:
     return out
 
 
+def classifiers(dc: DemoConfig, images: np.ndarray, labels: np.ndarray, folder: pathlib.Path, *,
+                progress: bool = True, reuse: bool = False) -> tuple[Evaluator, dict]:
+  """(evaluator, held-out accuracies): the CNN and MLP trained on 80% of the digits, saved into `folder`.
+
+  With `reuse`, classifiers already in `folder` from the same seed and steps are loaded instead.
+  """
+  key = jax.random.key(dc.seed)
+  train_idx, test_idx = classifier.split(len(images), jax.random.fold_in(key, 1))
+  meta = {"seed": dc.seed, "steps": dc.classifier_steps, "image_size": dc.image_size}
+  clf = classifier.load(folder, meta, images.shape[1:]) if reuse else None
+  if clf is None:
+    clf = {k: classifier.train(k, images[train_idx], labels[train_idx], jax.random.fold_in(key, 2),
+                               steps=dc.classifier_steps, progress=progress) for k in classifier.KINDS}
+    classifier.save(folder, clf, meta)
+  evaluator = Evaluator(clf, images)
+  acc = {k: classifier.accuracy(evaluator.features(k, images[test_idx])["logits"], labels[test_idx]) for k in clf}
+  return evaluator, {"test_accuracy": acc["cnn"], "test_accuracy_mlp": acc["mlp"], "train_size": len(train_idx),
+                     "test_size": len(test_idx), "feature_dim": classifier.FEATURES}
+
+
 def real_baseline(dc: DemoConfig, evaluator: Evaluator, images: np.ndarray, labels: np.ndarray) -> dict:
   """FD and classifier accuracy of random real subsets of the sample size (the floor at this N)."""
   out = {"fd": [], "fd_mlp": [], "accuracy": []}
@@ -134,14 +154,7 @@ def run(dc: DemoConfig, out: pathlib.Path, *, progress: bool = True) -> tuple[di
   images, labels = digits_arrays(dc.image_size)
   results: dict[str, Any] = {"config": dataclasses.asdict(dc), "models": {}, "grid": {}}
   with timer("classifier"):
-    train_idx, test_idx = classifier.split(len(images), jax.random.fold_in(key, 1))
-    clf = {k: classifier.train(k, images[train_idx], labels[train_idx], jax.random.fold_in(key, 2),
-                               steps=dc.classifier_steps, progress=progress) for k in classifier.KINDS}
-    evaluator = Evaluator(clf, images)
-    acc = {k: classifier.accuracy(evaluator.features(k, images[test_idx])["logits"], labels[test_idx]) for k in clf}
-    results["classifier"] = {"test_accuracy": acc["cnn"], "test_accuracy_mlp": acc["mlp"],
-                             "train_size": len(train_idx), "test_size": len(test_idx),
-                             "feature_dim": classifier.FEATURES}
+    evaluator, results["classifier"] = classifiers(dc, images, labels, out / "runs" / "classifier", progress=progress)
     results["real"] = real_baseline(dc, evaluator, images, labels)
   trained = {}
   for v in dc.variants:

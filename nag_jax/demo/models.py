@@ -6,6 +6,8 @@ the velocity error of the noise-conditional and the noise-unconditional (pseudo-
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import pathlib
 import shutil
 from typing import Any
@@ -26,6 +28,7 @@ from nag_jax.training import loop
 from nag_jax.training.base_config import get_base_config
 
 LOG_EVERY = 50
+TRAINED = "trained.json"  # beside model/: the budget it was trained with (a later run reuses a match)
 
 
 class _Bar:
@@ -74,18 +77,46 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, desc: str, 
   return state, bar.losses
 
 
-def train_variant(dc: DemoConfig, variant: Variant, workdir: pathlib.Path, *,
-                  progress: bool = True) -> tuple[ModelConfig, Any, list]:
+def train_variant(dc: DemoConfig, variant: Variant, workdir: pathlib.Path, *, progress: bool = True,
+                  input_perturbation: float = 0.0) -> tuple[ModelConfig, Any, list]:
   """(model config, EMA params, loss history); the exported model is in `workdir/model`."""
   model_config = dc.model_config(variant)
   config = train_config(dc, model_config, variant.noise_dropout)
-  state, losses = _train(config, workdir, f"SiT {variant.name}", progress)
+  config.objective.input_perturbation = input_perturbation
+  state, losses = _train(config, workdir, f"SiT {variant.name} seed {dc.seed}", progress)
+  (workdir / TRAINED).write_text(json.dumps(_budget(dc, variant, input_perturbation, losses)))
   return model_config, state.eval_params, losses
+
+
+def _budget(dc: DemoConfig, variant: Variant, input_perturbation: float, losses: list | None = None) -> dict:
+  """What determines a trained model: the training fields of the preset, the variant and IP's gamma."""
+  keep = ("seed", "image_size", "patch_size", "hidden_size", "depth", "num_heads", "train_steps", "batch_size",
+          "learning_rate", "warmup_steps", "ema_decay", "label_dropout", "pseudo_level")
+  budget = {k: getattr(dc, k) for k in keep} | {"variant": dataclasses.asdict(variant),
+                                                  "input_perturbation": input_perturbation}
+  return budget if losses is None else budget | {"losses": losses}
+
+
+def load_or_train(dc: DemoConfig, variant: Variant, workdir: pathlib.Path, *, progress: bool = True,
+                  input_perturbation: float = 0.0) -> tuple[ModelConfig, Any, list, bool]:
+  """(config, params, losses, reused): the model in `workdir` if it was trained with this budget, else trains it."""
+  record = workdir / TRAINED
+  if record.is_file() and (workdir / loop.EXPORT_DIR).is_dir():
+    stored = json.loads(record.read_text())
+    losses = stored.pop("losses", [])
+    if stored == json.loads(json.dumps(_budget(dc, variant, input_perturbation))):
+      _, params, config = model_dir.load(workdir / loop.EXPORT_DIR)
+      return config, params, losses, True
+  return (*train_variant(dc, variant, workdir, progress=progress, input_perturbation=input_perturbation), False)
 
 
 def train_estimator(dc: DemoConfig, model_config: ModelConfig, init_from: pathlib.Path, workdir: pathlib.Path,
                     *, progress: bool = True) -> tuple[pathlib.Path, list]:
-  """g_phi (paper app. B.2): the trained backbone with a noise-level head; saved to `workdir/estimator`."""
+  """g_phi (paper app. B.2): the trained backbone with a noise-level head; saved to `workdir/estimator`.
+
+  `workdir/trained.json` records its steps, its backbone's identity and the loss history.
+  """
+  backbone = model_dir.identity(init_from)
   config = train_config(dc, model_config, 0.0)
   config.mode = "noise_estimator"
   config.init_from = str(init_from)
@@ -96,6 +127,7 @@ def train_estimator(dc: DemoConfig, model_config: ModelConfig, init_from: pathli
   state, losses = _train(config, workdir, "g_phi", progress)
   path = model_dir.save(workdir / "estimator", state.params, model_config, overwrite=True,
                         source=f"g_phi fine-tuned from {init_from} for {dc.gphi_steps} steps")
+  (workdir / TRAINED).write_text(json.dumps({"gphi_steps": dc.gphi_steps, "backbone": backbone, "losses": losses}))
   return path, losses
 
 
@@ -125,3 +157,14 @@ def branch_errors(model_config: ModelConfig, params: Any, x1: np.ndarray, y: np.
     for name, v in (("cond", cond - u_t), ("pseudo", pseudo - u_t), ("gap", cond - pseudo)):
       out[name].append(float(jnp.mean(jnp.square(v))))
   return out
+
+
+def reusable_estimator(workdir: pathlib.Path, init_from: pathlib.Path, steps: int) -> tuple[pathlib.Path, list] | None:
+  """(estimator dir, losses) of a g_phi in `workdir` trained `steps` steps from this very backbone, else None."""
+  record = workdir / TRAINED
+  if not (record.is_file() and (workdir / "estimator").is_dir()):
+    return None
+  stored = json.loads(record.read_text())
+  if stored.get("gphi_steps") != steps or stored.get("backbone") != model_dir.identity(init_from):
+    return None
+  return workdir / "estimator", stored["losses"]

@@ -1,0 +1,327 @@
+"""The `--study`: NAG's weights, NAG on top of CFG, intervals, step counts and peers, with 95% intervals.
+
+Models come from the demo's output folder when they are there with the same training budget (else they
+are trained and saved there): the main SiT of every training seed, its weak version (autoguidance's bad
+model: the same network trained `weak_steps`), an Input Perturbation model and a longer-trained g_phi.
+Every setting is sampled with the same sampling seeds on every training seed, so settings are compared
+pairwise on the same (training seed, sampling seed) runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import scipy.stats
+import tqdm
+
+from nag_jax.data import digits_arrays
+from nag_jax.demo import experiment, models
+from nag_jax.demo.config import DemoConfig, StudyConfig, run_name, sampler_config
+from nag_jax.evaluation import noise_shift as ns
+from nag_jax.evaluation import shift_analysis
+from nag_jax.guidance import GuidanceConfig
+from nag_jax.guidance.denoiser import branch_inputs
+from nag_jax.sampling.pipeline import build_sampler, step_noise_levels
+
+METRICS = experiment.METRICS
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One setting of the study: its guidance, which trained model samples and whether the weak one guides."""
+  name: str
+  label: str
+  guidance: GuidanceConfig
+  model: str = "main"      # main | ip
+  weak: bool = False       # autoguidance's bad model as the second params tree
+
+
+def t_interval(values) -> tuple[float, float]:
+  """(mean, half-width of the two-sided 95% Student-t interval); half-width 0 for a single value."""
+  v = np.asarray(values, np.float64)
+  if v.size < 2:
+    return float(v.mean()), 0.0
+  return float(v.mean()), float(scipy.stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+
+
+def welch_interval(a, b) -> tuple[float, float]:
+  """(mean(a) - mean(b), half-width of its 95% Welch interval) for independent samples."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+  dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+  return float(a.mean() - b.mean()), float(scipy.stats.t.ppf(0.975, dof) * np.sqrt(va + vb))
+
+
+def rows_per_step(g: GuidanceConfig, weak: bool) -> int:
+  """Model rows per sample per step where every term is active (the weak model's row counted as one)."""
+  active = frozenset(t for t in g.active_terms(0.5) | g.active_terms(0.25) | g.active_terms(0.75))
+  return len(branch_inputs(g, active)) + int(weak)
+
+
+class Trained:
+  """The study's models per training seed, loaded from `out/runs` or trained there."""
+
+  def __init__(self, dc: DemoConfig, sc: StudyConfig, out: pathlib.Path, progress: bool):
+    self.dc, self.sc, self.runs, self.progress = dc, sc, out / "runs", progress
+    self.models: dict[tuple[str, int], tuple[Any, Any]] = {}
+    self.reused: dict[str, bool] = {}
+    self.losses: dict[str, list] = {}
+
+  def folder(self, kind: str, seed: int) -> pathlib.Path:
+    """runs/main is the demo's own main model (seed 0 there); other seeds and kinds get their own folder."""
+    if kind == "main" and seed == self.dc.seed:
+      return self.runs / self.dc.variants[0].name
+    return self.runs / f"{kind}_seed{seed}"
+
+  def get(self, kind: str, seed: int) -> tuple[Any, Any]:
+    """(model config, params) of kind main | weak | ip at training seed `seed`."""
+    if (kind, seed) not in self.models:
+      dc = dataclasses.replace(self.dc, seed=seed)
+      if kind == "weak":
+        dc = dataclasses.replace(dc, train_steps=self.sc.weak_steps, warmup_steps=min(dc.warmup_steps,
+                                                                                     self.sc.weak_steps // 4))
+      gamma = self.sc.ip_gamma if kind == "ip" else 0.0
+      config, params, losses, reused = models.load_or_train(dc, self.dc.variants[0], self.folder(kind, seed),
+                                                            progress=self.progress, input_perturbation=gamma)
+      self.models[(kind, seed)] = (config, params)
+      self.reused[f"{kind} seed {seed}"], self.losses[f"{kind} seed {seed}"] = reused, losses
+    return self.models[(kind, seed)]
+
+
+class Scorer:
+  """Samples and scores cells; one compile per (model, sampler, guidance); seeds shared by every cell."""
+
+  def __init__(self, dc: DemoConfig, trained: Trained, evaluator: experiment.Evaluator, bar: tqdm.tqdm):
+    self.dc, self.trained, self.evaluator, self.bar = dc, trained, evaluator, bar
+    self.labels = np.arange(dc.num_samples, dtype=np.int32) % 10
+    self.samplers: dict[tuple, Any] = {}
+
+  def key(self, i: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(self.dc.seed), 1000 + i)
+
+  def __call__(self, cell: Cell, run: tuple[str, int], train_seeds: tuple[int, ...], num_seeds: int,
+               out: dict | None = None) -> dict:
+    """{"runs": [[train seed, sampling seed]...], metric: [value per run]}, extending `out`'s runs."""
+    out = out or {"runs": [], **{m: [] for m in METRICS}}
+    done = {tuple(r) for r in out["runs"]}
+    for ts in train_seeds:
+      if all((ts, i) in done for i in range(num_seeds)):
+        continue
+      config, params = self.trained.get(cell.model, ts)
+      parent_config, parent_params = self.trained.get("weak", ts) if cell.weak else (None, None)
+      g = dataclasses.replace(cell.guidance, pseudo_level=self.dc.pseudo_level)
+      spec = (config, sampler_config(*run), g, parent_config)
+      if spec not in self.samplers:
+        self.samplers[spec] = build_sampler(config, spec[1], g, parent_config=parent_config)
+      for i in (i for i in range(num_seeds) if (ts, i) not in done):
+        self.bar.set_description(f"{run_name(*run)} {cell.label} (train seed {ts})")
+        x = self.samplers[spec](params, self.key(i), self.labels, parent_params=parent_params)["latents"]
+        for k, v in self.evaluator(np.clip(np.asarray(x), -1, 1), self.labels).items():
+          out[k].append(float(v))
+        out["runs"].append([ts, i])
+        self.bar.update()
+    return out
+
+
+def sweep_cells(sc: StudyConfig, nested: bool) -> list[Cell]:
+  """Unguided, NAG alone, CFG alone and the NAG + CFG grid (three-branch; nested too where asked)."""
+  cells = [Cell("none", "unguided", GuidanceConfig())]
+  cells += [Cell(f"nag{w:g}", f"NAG {w:g}", GuidanceConfig(nag_scale=w)) for w in sc.nag]
+  cells += [Cell(f"cfg{s:g}", f"CFG {s:g}", GuidanceConfig(cfg_scale=s)) for s in sc.cfg]
+  cells += [Cell(f"cfg{s:g}+nag{w:g}", f"CFG {s:g} + NAG {w:g}", GuidanceConfig(cfg_scale=s, nag_scale=w))
+            for s in sc.cfg for w in sc.grid_nag]
+  if nested:
+    cells += [Cell(f"cfg{s:g}+nag{w:g}_nested", f"CFG {s:g} + NAG {w:g} nested",
+                   GuidanceConfig(cfg_scale=s, nag_scale=w, nag_form="nested")) for s in sc.cfg for w in sc.nested_nag]
+  return cells
+
+
+def interval_cells(sc: StudyConfig, best_cfg: float, best_nag: float) -> list[Cell]:
+  """NAG and CFG on the early (noisy, nu >= split) or late (nu <= split) part of the steps only."""
+  lo, hi = (0.0, sc.early_late), (sc.early_late, 1.0)
+  return [Cell(f"nag{best_nag:g}_early", f"NAG {best_nag:g} early", GuidanceConfig(nag_scale=best_nag, nag_interval=hi)),
+          Cell(f"nag{best_nag:g}_late", f"NAG {best_nag:g} late", GuidanceConfig(nag_scale=best_nag, nag_interval=lo)),
+          Cell(f"cfg{best_cfg:g}_early", f"CFG {best_cfg:g} early", GuidanceConfig(cfg_scale=best_cfg, cfg_interval=hi)),
+          Cell(f"cfg{best_cfg:g}_late", f"CFG {best_cfg:g} late", GuidanceConfig(cfg_scale=best_cfg, cfg_interval=lo))]
+
+
+def peer_cells(sc: StudyConfig, cfg_scale: float) -> list[Cell]:
+  """Every peer alone (cfg_scale 1) or on top of CFG `cfg_scale` (CFG-Zero* and APG replace CFG's update)."""
+  on = cfg_scale > 1
+  base = GuidanceConfig(cfg_scale=cfg_scale)
+  tag, text = (f"cfg{cfg_scale:g}+", f"CFG {cfg_scale:g} + ") if on else ("", "")
+  cells = [Cell(f"{tag}auto{w:g}", f"{text}autoguidance {w:g}", dataclasses.replace(base, autoguidance_scale=w),
+                weak=True) for w in sc.autoguidance]
+  cells += [Cell(f"{tag}tsg{w:g}", f"{text}TSG {w:g}", dataclasses.replace(base, tsg_scale=w, tsg_shift=sc.tsg_shift))
+            for w in sc.tsg]
+  cells += [Cell(f"{tag}es", f"{text}Epsilon Scaling {sc.eps_scaling:g}",
+                 dataclasses.replace(base, eps_scaling=sc.eps_scaling)),
+            Cell(f"{tag}ts", f"{text}Time Shift {sc.time_shift_window:g}",
+                 dataclasses.replace(base, time_shift_window=sc.time_shift_window))]
+  if sc.ip_gamma > 0:
+    cells.append(Cell(f"{tag}ip", f"{text}Input Perturbation {sc.ip_gamma:g}", base, model="ip"))
+  if on:  # the CFG variants at the same scale
+    cells += [Cell(f"cfgzero{cfg_scale:g}", f"CFG-Zero* {cfg_scale:g}",
+                   GuidanceConfig(cfg_zero_scale=cfg_scale, cfg_zero_init_steps=sc.cfg_zero_init_steps)),
+              Cell(f"apg{cfg_scale:g}", f"APG {cfg_scale:g}",
+                   GuidanceConfig(apg_scale=cfg_scale, apg_momentum=sc.apg_momentum,
+                                  apg_norm_threshold=sc.apg_norm_threshold))]
+  return cells
+
+
+def best(results: dict, names: list[str]) -> str:
+  """The name with the lowest mean FD among `names` (present in `results`)."""
+  return min((n for n in names if n in results), key=lambda n: np.mean(results[n]["fd"]))
+
+
+class Study:
+  """Runs the phases in order (later ones use the best weights found by earlier ones) into one results dict."""
+
+  def __init__(self, dc: DemoConfig, sc: StudyConfig, out: pathlib.Path, progress: bool):
+    self.dc, self.sc, self.out, self.progress = dc, sc, out, progress
+    self.trained = Trained(dc, sc, out, progress)
+    self.results: dict[str, Any] = {"cells": {}, "labels": {}, "rows": {}, "num_samples": dc.num_samples,
+                                    "config": dataclasses.asdict(sc)}
+    self.scorer: Scorer | None = None
+
+  def run_cells(self, phase: str, run: tuple[str, int], cells: list[Cell], train_seeds, num_seeds) -> None:
+    """Scores the cells' missing (training seed, sampling seed) runs at `run` (a cell keeps its first phase)."""
+    store = self.results["cells"].setdefault(run_name(*run), {})
+    for c in cells:
+      old = store.get(c.name)
+      store[c.name] = {**self.scorer(c, run, tuple(train_seeds), num_seeds, old), "phase": (old or {}).get(
+          "phase", phase)}
+      self.results["labels"][c.name] = c.label
+      self.results["rows"][c.name] = rows_per_step(c.guidance, c.weak)
+
+  def phases(self, s_best: float, w_best: float, both_best: str) -> list[tuple[str, tuple[str, int], list[Cell], tuple, int]]:
+    """(phase, run, cells, training seeds, sampling seeds) after the sweep, most important first."""
+    sc, first, seeds = self.sc, self.sc.sweep_runs[0], self.sc.train_seeds
+    cfg_cell = Cell(f"cfg{s_best:g}", f"CFG {s_best:g}", GuidanceConfig(cfg_scale=s_best))
+    refs = [Cell("none", "unguided", GuidanceConfig()), cfg_cell,
+            Cell(f"nag{w_best:g}", f"NAG {w_best:g}", GuidanceConfig(nag_scale=w_best))]
+    both = next(c for c in sweep_cells(sc, True) if c.name == both_best)
+    steps = [refs[0], cfg_cell] + [Cell(f"nag{w:g}", f"NAG {w:g}", GuidanceConfig(nag_scale=w)) for w in sc.step_nag]
+    steps += [Cell(f"cfg{s_best:g}+nag{w:g}", f"CFG {s_best:g} + NAG {w:g}", GuidanceConfig(cfg_scale=s_best, nag_scale=w))
+              for w in sc.step_nag]
+    long = [refs[0], cfg_cell, refs[2], Cell(f"cfg{s_best:g}+nag{w_best:g}", f"CFG {s_best:g} + NAG {w_best:g}",
+                                            GuidanceConfig(cfg_scale=s_best, nag_scale=w_best))]
+    out = [("steps", r, steps, seeds[:1], sc.step_seeds) for r in sc.step_runs if r[1] <= 100]
+    out += [("steps", r, long, seeds[:1], sc.step_seeds) for r in sc.step_runs if r[1] > 100]
+    out.append(("noise shift", first, [], (), 0))
+    out.append(("held out", first, refs + [both], seeds, sc.num_seeds))
+    peers = peer_cells(sc, 1.0) + peer_cells(sc, s_best)
+    out.append(("peers", first, peers, seeds[:1], sc.num_seeds))
+    out.append(("peers", first, [c for c in peers if c.weak or c.model != "main"], seeds, sc.num_seeds))
+    out.append(("intervals", first, interval_cells(sc, s_best, w_best), seeds[:1], sc.num_seeds))
+    out += [("sweep", r, sweep_cells(sc, r in sc.nested_runs), seeds[:1], sc.num_seeds) for r in sc.sweep_runs[1:]]
+    return out
+
+  def run(self, report=None) -> dict:
+    """Everything, phase by phase; `report(results)` after each; resumes the cells of a matching partial.json."""
+    dc, sc = self.dc, self.sc
+    partial = self.out / "study" / "partial.json"
+    if partial.is_file():
+      old = json.loads(partial.read_text())
+      if old.get("config") == json.loads(json.dumps(self.results["config"])) and old.get("num_samples") == dc.num_samples:
+        self.results.update({k: old[k] for k in ("cells", "labels", "rows") if k in old})
+    images, labels = digits_arrays(dc.image_size)
+    timer = experiment.Timer()
+    with timer("classifier"):
+      evaluator, self.results["classifier"] = experiment.classifiers(
+          dc, images, labels, self.out / "runs" / "classifier", progress=self.progress, reuse=True)
+    first = sc.sweep_runs[0]
+    with tqdm.tqdm(unit="run", disable=not self.progress, leave=False) as bar:
+      self.scorer = Scorer(dc, self.trained, evaluator, bar)
+      with timer(f"sweep {run_name(*first)}"):
+        self.run_cells("sweep", first, sweep_cells(sc, first in sc.nested_runs), sc.train_seeds[:1], sc.num_seeds)
+      main = self.results["cells"][run_name(*first)]
+      s_best = float(best(main, [f"cfg{s:g}" for s in sc.cfg])[3:])
+      w_best = float(best(main, [f"nag{w:g}" for w in sc.nag])[3:])
+      both_best = best(main, [n for n in main if n.startswith("cfg") and "+nag" in n])
+      self.results["best"] = {"cfg": s_best, "nag": w_best, "both": both_best}
+      self.save(timer, report)
+      for phase, run, cells, seeds, n in self.phases(s_best, w_best, both_best):
+        with timer(f"{phase} {run_name(*run)}" if cells else phase):
+          if phase == "noise shift":
+            self.results["noise_shift"] = self.noise_shift()
+          else:
+            self.run_cells(phase, run, cells, seeds, n)
+        self.save(timer, report)
+    return self.results
+
+  def save(self, timer: experiment.Timer, report=None) -> None:
+    """Writes the results so far to study/partial.json and, with `report`, the report of what is done."""
+    self.results["timing"] = dict(timer.stages)
+    self.results["models"] = {"reused": self.trained.reused, "losses": self.trained.losses}
+    (self.out / "study" / "partial.json").write_text(json.dumps(self.results))
+    if report is not None:
+      report(self.results)
+
+  def noise_shift(self) -> dict:
+    """g_phi's bias on forward states and the shift of unguided and NAG sampling per level, with 95% intervals."""
+    dc, sc = self.dc, self.sc
+    main_dir = self.trained.folder("main", dc.seed) / "model"
+    config, _ = self.trained.get("main", dc.seed)
+    if sc.gphi_steps:
+      gdc = dataclasses.replace(dc, gphi_steps=sc.gphi_steps)
+      work = self.out / "runs" / f"gphi_{sc.gphi_steps}"
+      found = models.reusable_estimator(work, main_dir, sc.gphi_steps)
+      estimator, losses = found or models.train_estimator(gdc, config, main_dir, work, progress=self.progress)
+    else:  # the demo's own g_phi
+      found = models.reusable_estimator(self.out / "runs" / "gphi", main_dir, dc.gphi_steps)
+      if found is None:
+        raise ValueError(f"--study with gphi_steps 0 needs the demo's g_phi in {self.out / 'runs' / 'gphi'}")
+      estimator, losses = found
+    levels, est, _ = shift_analysis.measure(
+        main_dir, estimator, "digits", sampler="sde", num_steps=dc.shift_steps, settings=("none", "nag"),
+        strengths=shift_analysis.Strengths(nag_scale=sc.shift_nag), num_samples=sc.shift_samples,
+        batch_size=min(sc.shift_samples, 500), t_values=dc.shift_t, seed=dc.seed)
+    np.savez(self.out / "study" / "shift_estimates.npz", levels=levels, **est)
+    return {**shift_summary(levels, est, dc.shift_t, sc.bootstrap, sc.shift_nag, losses),
+            "steps": dc.shift_steps, "gphi_steps": sc.gphi_steps or dc.gphi_steps}
+
+
+def shift_summary(levels: np.ndarray, est: dict[str, np.ndarray], t_values, n_boot: int, w: float,
+                  losses: list) -> dict:
+  """Per level: g_phi's forward bias, each setting's shift vs forward (Welch) and NAG's paired reduction."""
+  fwd, none, nag = (np.asarray(est[k], np.float64) for k in (ns.FORWARD, "none", "nag"))
+  per = {"level": levels.tolist(), "bias": [], "none": [], "nag": [], "reduction": []}
+  for k, level in enumerate(levels):
+    per["bias"].append(t_interval(fwd[k] - level))
+    per["none"].append(welch_interval(none[k], fwd[k]))
+    per["nag"].append(welch_interval(nag[k], fwd[k]))
+    # same noise for both samplers: NAG's reduction of the shift is a paired difference per sample
+    per["reduction"].append(t_interval(none[k] - nag[k]))
+  rng = np.random.default_rng(0)
+  kde = []
+  for t, k in zip(t_values, ns.nearest_steps(levels, t_values)):
+    here = np.concatenate([fwd[k], none[k], nag[k]])
+    pad = 0.1 * max(np.ptp(here), 1e-3)
+    grid = np.linspace(here.min() - pad, here.max() + pad, 160)
+    row = {"t": float(t), "level": float(levels[k]), "grid": grid.tolist()}
+    for name, v in ((ns.FORWARD, fwd[k]), ("none", none[k]), ("nag", nag[k])):
+      boots = np.stack([ns.kde_density(v[rng.integers(0, v.size, v.size)], grid) for _ in range(n_boot)])
+      row[name] = {"density": ns.kde_density(v, grid).tolist(), "lo": np.percentile(boots, 2.5, 0).tolist(),
+                   "hi": np.percentile(boots, 97.5, 0).tolist()}
+    kde.append(row)
+  return {"num_samples": int(fwd.shape[1]), "nag_scale": w, "per_level": per, "kde": kde, "gphi_losses": losses}
+
+
+def run_study(dc: DemoConfig, sc: StudyConfig, out: pathlib.Path, command: str, *, progress: bool = True) -> str:
+  """The whole study into `out` (models in out/runs, report in out/study); returns the claims' sentences."""
+  from nag_jax.demo import study_report  # pylint: disable=import-outside-toplevel  (it imports this module)
+  wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+  (out / "study").mkdir(parents=True, exist_ok=True)
+
+  def report(results: dict, done: bool = False) -> str:
+    results["total"] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "complete": done}
+    results["machine"] = {"cpus": os.cpu_count(), "load_avg_start": load, "load_avg": os.getloadavg()[0]}
+    return study_report.write(out / "study", results, sc, command)
+  return report(Study(dc, sc, out, progress).run(report), done=True)
