@@ -26,7 +26,7 @@ SAMPLER = SamplerConfig(method="ddim", num_steps=2)
 
 @pytest.fixture(scope="module")
 def params():
-  return DiT(TINY).init(jax.random.key(0), *dummy_inputs(TINY))["params"]
+  return jax.jit(DiT(TINY).init)(jax.random.key(0), *dummy_inputs(TINY))["params"]  # eager init is 3x slower
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_training_data_and_estimator_labels_are_checked():
     data.ArraySource(x, np.array([0.0, 1.5, 2.0]))
   assert data.ArraySource(x, np.array([0, 2, 1])).num_classes == 3
   est = NoiseEstimator(TINY.replace(family="sit"))
-  est_params = est.init(jax.random.key(0), *estimator_inputs(est))["params"]
+  est_params = jax.jit(est.init)(jax.random.key(0), *estimator_inputs(est))["params"]
   level_fn = ns.make_level_fn(est, process.create("sit"))
   states = jnp.zeros((2, 2, 4, 4, 4))
   assert np.isfinite(np.asarray(level_fn(est_params, states, np.array([0, 9])))).all()
