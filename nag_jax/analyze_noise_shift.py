@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nag_jax import checkpoints
+from nag_jax import cli
 from nag_jax.evaluation import noise_shift as ns
 from nag_jax.evaluation import shift_analysis
 from nag_jax.evaluation.shift_analysis import SETTINGS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m nag_jax.analyze_noise_shift", description=__doc__.splitlines()[0])
+  """The command line (see the module docstring); a bad flag raises UserError."""
+  p = cli.ArgumentParser(prog="python -m nag_jax.analyze_noise_shift", description=__doc__.splitlines()[0])
   p.add_argument("--model", required=True, help="converted model directory (DiT or SiT)")
   p.add_argument("--estimator", required=True, help="g_phi directory (config.json + params/ of a NoiseEstimator)")
   p.add_argument("--data", required=True, help="digits | folder:PATH | tfds:NAME | latents:PATH")
@@ -63,13 +64,11 @@ def run(args: argparse.Namespace) -> dict:
                             seed=args.seed, data_dir=args.data_dir, split=args.split)
 
 
+@cli.entry_point
 def main(argv=None) -> int:
+  """The command: an expected failure is one `error:` line and code 2."""
   args = parse_args(argv)
-  try:
-    report = run(args)
-  except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  report = run(args)
   print(ns.table_text(report), end="")
   print(f"wrote {args.out}")
   return 0
