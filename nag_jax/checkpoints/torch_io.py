@@ -66,7 +66,10 @@ def _first_line(e: BaseException) -> str:
   if marker in text:
     text = text[text.index(marker) + len(marker):].strip()
   lines = text.splitlines()
-  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+  if not lines:
+    return type(e).__name__
+  sentence = re.match(r"(.{20,}?[.!])\s", lines[0])  # torch appends paragraphs of advice to the reason
+  return f"{type(e).__name__}: {(sentence.group(1) if sentence else lines[0])[:200]}"
 
 
 def _load_failure(path: pathlib.Path, e: Exception, trust_pickle: bool) -> str:
