@@ -142,7 +142,7 @@ class StudyConfig:
   apg_norm_threshold: float = 4.0
   eps_scaling: float = 0.01
   time_shift_window: float = 0.02
-  gphi_steps: int = 2000
+  gphi_steps: int = 1000
   shift_samples: int = 2000
   shift_nag: float = 1.0
   bootstrap: int = 200  # KDE bands

@@ -189,42 +189,53 @@ class Study:
     self.results: dict[str, Any] = {"cells": {}, "labels": {}, "rows": {}, "num_samples": dc.num_samples,
                                     "config": dataclasses.asdict(sc)}
     self.scorer: Scorer | None = None
+    self.after = None  # called after every scored cell (saves partial results and the report so far)
 
   def run_cells(self, phase: str, run: tuple[str, int], cells: list[Cell], train_seeds, num_seeds) -> None:
     """Scores the cells' missing (training seed, sampling seed) runs at `run` (a cell keeps its first phase)."""
     store = self.results["cells"].setdefault(run_name(*run), {})
     for c in cells:
       old = store.get(c.name)
+      before = len(old["runs"]) if old else 0
       store[c.name] = {**self.scorer(c, run, tuple(train_seeds), num_seeds, old), "phase": (old or {}).get(
           "phase", phase)}
       self.results["labels"][c.name] = c.label
       self.results["rows"][c.name] = rows_per_step(c.guidance, c.weak)
+      if self.after is not None and len(store[c.name]["runs"]) > before:
+        self.after()
+
+  def step_cells(self, s_best: float, w_best: float, long: bool) -> list[Cell]:
+    """The settings repeated at other step counts (fewer at the long runs)."""
+    sc = self.sc
+    nags = (w_best,) if long else sc.step_nag
+    cells = [Cell("none", "unguided", GuidanceConfig()), Cell(f"cfg{s_best:g}", f"CFG {s_best:g}",
+                                                               GuidanceConfig(cfg_scale=s_best))]
+    cells += [Cell(f"nag{w:g}", f"NAG {w:g}", GuidanceConfig(nag_scale=w)) for w in nags]
+    return cells + [Cell(f"cfg{s_best:g}+nag{w:g}", f"CFG {s_best:g} + NAG {w:g}",
+                         GuidanceConfig(cfg_scale=s_best, nag_scale=w)) for w in nags]
 
   def phases(self, s_best: float, w_best: float, both_best: str) -> list[tuple[str, tuple[str, int], list[Cell], tuple, int]]:
     """(phase, run, cells, training seeds, sampling seeds) after the sweep, most important first."""
     sc, first, seeds = self.sc, self.sc.sweep_runs[0], self.sc.train_seeds
-    cfg_cell = Cell(f"cfg{s_best:g}", f"CFG {s_best:g}", GuidanceConfig(cfg_scale=s_best))
-    refs = [Cell("none", "unguided", GuidanceConfig()), cfg_cell,
-            Cell(f"nag{w_best:g}", f"NAG {w_best:g}", GuidanceConfig(nag_scale=w_best))]
+    refs = self.step_cells(s_best, w_best, True)[:3]
     both = next(c for c in sweep_cells(sc, True) if c.name == both_best)
-    steps = [refs[0], cfg_cell] + [Cell(f"nag{w:g}", f"NAG {w:g}", GuidanceConfig(nag_scale=w)) for w in sc.step_nag]
-    steps += [Cell(f"cfg{s_best:g}+nag{w:g}", f"CFG {s_best:g} + NAG {w:g}", GuidanceConfig(cfg_scale=s_best, nag_scale=w))
-              for w in sc.step_nag]
-    long = [refs[0], cfg_cell, refs[2], Cell(f"cfg{s_best:g}+nag{w_best:g}", f"CFG {s_best:g} + NAG {w_best:g}",
-                                            GuidanceConfig(cfg_scale=s_best, nag_scale=w_best))]
-    out = [("steps", r, steps, seeds[:1], sc.step_seeds) for r in sc.step_runs if r[1] <= 100]
-    out += [("steps", r, long, seeds[:1], sc.step_seeds) for r in sc.step_runs if r[1] > 100]
-    out.append(("noise shift", first, [], (), 0))
-    out.append(("held out", first, refs + [both], seeds, sc.num_seeds))
+    out = [("noise shift", first, [], (), 0), ("held out", first, refs + [both], seeds, sc.num_seeds)]
     peers = peer_cells(sc, 1.0) + peer_cells(sc, s_best)
     out.append(("peers", first, peers, seeds[:1], sc.num_seeds))
-    out.append(("peers", first, [c for c in peers if c.weak or c.model != "main"], seeds, sc.num_seeds))
+    out.append(("peers (own models, every training seed)", first, [c for c in peers if c.weak or c.model != "main"],
+                seeds, sc.num_seeds))
     out.append(("intervals", first, interval_cells(sc, s_best, w_best), seeds[:1], sc.num_seeds))
+    out += [("steps", r, self.step_cells(s_best, w_best, True), seeds[:1], sc.step_seeds)
+            for r in sc.step_runs if r[1] > 100]
     out += [("sweep", r, sweep_cells(sc, r in sc.nested_runs), seeds[:1], sc.num_seeds) for r in sc.sweep_runs[1:]]
     return out
 
   def run(self, report=None) -> dict:
-    """Everything, phase by phase; `report(results)` after each; resumes the cells of a matching partial.json."""
+    """Everything, most important first; `report(results)` after each cell; resumes a matching partial.json.
+
+    Order: unguided, CFG and NAG alone at the first sweep run (they fix the best weights), the short step
+    counts, the NAG + CFG grid (small NAG weights first), then `phases`.
+    """
     dc, sc = self.dc, self.sc
     partial = self.out / "study" / "partial.json"
     if partial.is_file():
@@ -233,27 +244,49 @@ class Study:
         self.results.update({k: old[k] for k in ("cells", "labels", "rows") if k in old})
     images, labels = digits_arrays(dc.image_size)
     timer = experiment.Timer()
+    self.after = lambda: self.save(timer, report)
     with timer("classifier"):
       evaluator, self.results["classifier"] = experiment.classifiers(
           dc, images, labels, self.out / "runs" / "classifier", progress=self.progress, reuse=True)
-    first = sc.sweep_runs[0]
+    first, seed0 = sc.sweep_runs[0], sc.train_seeds[:1]
+    sweep = {c.name: c for c in sweep_cells(sc, first in sc.nested_runs)}
+    short = [r for r in sc.step_runs if r[1] <= 100]
     with tqdm.tqdm(unit="run", disable=not self.progress, leave=False) as bar:
       self.scorer = Scorer(dc, self.trained, evaluator, bar)
-      with timer(f"sweep {run_name(*first)}"):
-        self.run_cells("sweep", first, sweep_cells(sc, first in sc.nested_runs), sc.train_seeds[:1], sc.num_seeds)
-      main = self.results["cells"][run_name(*first)]
+      main = self.results["cells"].setdefault(run_name(*first), {})
+      with timer(f"unguided and CFG {run_name(*first)}"):
+        self.run_cells("sweep", first, [sweep["none"]] + [sweep[f"cfg{s:g}"] for s in sc.cfg], seed0, sc.num_seeds)
       s_best = float(best(main, [f"cfg{s:g}" for s in sc.cfg])[3:])
+      self.results["best"] = {"cfg": s_best, "nag": sc.step_nag[0]}
+      with timer(f"first NAG and NAG + CFG {s_best:g} {run_name(*first)}"):  # the two claims' first answers
+        cells = [sweep[f"nag{w:g}"] for w in sc.step_nag if f"nag{w:g}" in sweep]
+        cells += [sweep[n] for n in (f"cfg{s_best:g}+nag{w:g}" for w in sc.grid_nag[:3]) if n in sweep]
+        self.run_cells("sweep", first, cells, seed0, sc.num_seeds)
+      if short:
+        with timer(f"steps {run_name(*short[0])}"):
+          self.run_cells("steps", short[0], self.step_cells(s_best, sc.step_nag[0], False), seed0, sc.step_seeds)
+      with timer(f"NAG alone {run_name(*first)}"):
+        self.run_cells("sweep", first, [sweep[f"nag{w:g}"] for w in sc.nag], seed0, sc.num_seeds)
       w_best = float(best(main, [f"nag{w:g}" for w in sc.nag])[3:])
+      self.results["best"]["nag"] = w_best
+      for run in short[1:]:
+        with timer(f"steps {run_name(*run)}"):
+          self.run_cells("steps", run, self.step_cells(s_best, w_best, False), seed0, sc.step_seeds)
+      with timer(f"NAG + CFG grid {run_name(*first)}"):
+        grid = sorted((c for c in sweep.values() if "+" in c.name),
+                      key=lambda c: (c.guidance.nag_form != "three_branch", c.guidance.nag_scale))
+        self.run_cells("sweep", first, grid, seed0, sc.num_seeds)
       both_best = best(main, [n for n in main if n.startswith("cfg") and "+nag" in n])
-      self.results["best"] = {"cfg": s_best, "nag": w_best, "both": both_best}
-      self.save(timer, report)
+      self.results["best"]["both"] = both_best
       for phase, run, cells, seeds, n in self.phases(s_best, w_best, both_best):
         with timer(f"{phase} {run_name(*run)}" if cells else phase):
           if phase == "noise shift":
             self.results["noise_shift"] = self.noise_shift()
+            self.after()
           else:
             self.run_cells(phase, run, cells, seeds, n)
-        self.save(timer, report)
+    self.after = None
+    self.save(timer)
     return self.results
 
   def save(self, timer: experiment.Timer, report=None) -> None:
@@ -261,7 +294,7 @@ class Study:
     self.results["timing"] = dict(timer.stages)
     self.results["models"] = {"reused": self.trained.reused, "losses": self.trained.losses}
     (self.out / "study" / "partial.json").write_text(json.dumps(self.results))
-    if report is not None:
+    if report is not None and "best" in self.results:
       report(self.results)
 
   def noise_shift(self) -> dict:

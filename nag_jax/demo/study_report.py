@@ -107,10 +107,14 @@ def steps_rows(results: dict) -> tuple[list[list[str]], list[str]]:
     steps = sorted({s for s, _, _ in items})
     gone = [s for s in steps if not any(m + h < 0 for s2, _, (m, h) in items if s2 == s)]
     kept = ", ".join(str(s) for s in steps if s not in gone)
-    sentences.append(f"{method}: NAG alone lowers FD (interval below 0) at " + (f"{kept} steps" if kept else "none")
-                     + "; its gain "
-                     + (f"vanishes (interval reaches 0) from {gone[0]} steps" if gone else "holds at every step count")
-                     + f" measured ({', '.join(map(str, steps))}).")
+    measured = ", ".join(map(str, steps))
+    if not kept:
+      sentences.append(f"{method}: NAG alone lowers FD separably (interval below 0) at none of the step counts "
+                       f"measured ({measured}).")
+      continue
+    sentences.append(f"{method}: NAG alone lowers FD (interval below 0) at {kept} steps; its gain "
+                     + (f"vanishes (interval reaches 0) at {', '.join(map(str, gone))} steps" if gone
+                        else "holds at every step count") + f" measured ({measured}).")
   return rows, sentences
 
 
@@ -173,8 +177,10 @@ def shift_table(shift: dict) -> tuple[str, list[str]]:
       v = f"increases it by {-r:.4f} ± {hr:.4f}"
     elif sn - hn > 0:
       v = "no separable change"
+    elif sn + hn < 0:
+      v = "no positive shift to reduce (states look cleaner than forward ones)"
     else:
-      v = "no positive shift to reduce"
+      v = "no shift separable from 0"
     rows.append([f"{level:.3f}", f(p["bias"][k]), f(p["none"][k]), f(p["nag"][k]), f(p["reduction"][k]), v])
     verdicts.append(v)
   head = ["ν", "g_phi bias on forward states", "unguided shift vs forward", f"NAG {shift['nag_scale']:g} shift vs forward",
@@ -252,8 +258,8 @@ def _sections(results: dict, sc: StudyConfig, out: pathlib.Path) -> tuple[list[s
   runs = [r for r in (f"{m.upper()} {n}" for m, n in sc.sweep_runs) if r in cells_by_run]
   main = runs[0]
   best = results["best"]
-  claim_runs = runs + [r for r, c in cells_by_run.items() if r not in runs and "none" in c
-                       and any(n.startswith("cfg") and "+nag" in n for n in c)]
+  claim_runs = [r for r in runs + [r for r in cells_by_run if r not in runs]
+                if "none" in cells_by_run[r] and any(n.startswith("cfg") and "+nag" in n for n in cells_by_run[r])]
   sentences = [claim_sentence(results, r, claim_nag_on_cfg(results, r)) for r in claim_runs]
   if len(claim_runs) > len(runs):
     sentences.append(f"Outside {', '.join(runs)} only CFG {best['cfg']:g} and NAG {', '.join(f'{w:g}' for w in sc.step_nag)} "
