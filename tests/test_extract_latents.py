@@ -20,8 +20,9 @@ def test_folder_to_latents_matches_direct_encoding(tmp_path):
     (tmp_path / "imgs" / cls).mkdir(parents=True)
     for i in range(3):
       Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
-  extract_latents.main(["--src", str(tmp_path / "imgs"), "--vae", str(tmp_path / "vae"), "--dst",
-                        str(tmp_path / "lat"), "--image-size", "16", "--mode", "--batch-size", "4"])
+  assert extract_latents.main(["--src", str(tmp_path / "imgs"), "--vae", str(tmp_path / "vae"), "--dst",
+                               str(tmp_path / "lat"), "--image-size", "16", "--mode", "--batch-size", "4"]) == 0
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "lat", "vae"]  # the staging folder renamed
   source = data.LatentSource(tmp_path / "lat")
   folder = data.FolderSource(tmp_path / "imgs", image_size=16)
   assert len(source) == 6 and source.num_classes == 2
