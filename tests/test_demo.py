@@ -102,7 +102,7 @@ def test_study_report_structure_and_finite_values(quick_study):
     assert section in report, section
   assert "Student-t" in report and "min wall" in report
   assert any(w in proc.stdout for w in ("beats", "is worse than", "does not separate from"))
-  assert "sde: NAG alone" in proc.stdout and "ode: NAG alone" in proc.stdout
+  assert "SDE: NAG alone" in proc.stdout and "ODE: NAG alone" in proc.stdout
   images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
   assert sorted(images) == ["fd_precision_recall.png", "kde.png", "shift_curves.png"]
   for image in images:
