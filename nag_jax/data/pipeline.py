@@ -11,6 +11,8 @@ from __future__ import annotations
 import grain
 import numpy as np
 
+from nag_jax.models import vae_io
+
 
 class RandomFlip(grain.transforms.RandomMap):
   """Flips an (H, W, C) image left-right with probability 1/2, as torchvision's RandomHorizontalFlip."""
@@ -40,7 +42,7 @@ class ToFloat(grain.transforms.Map):
 
   def map(self, element: dict) -> dict:
     x = element["x"]
-    x = x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    x = vae_io.uint8_to_pixels(x) if x.dtype == np.uint8 else x.astype(np.float32)
     return {"x": x, "y": np.int32(element["y"])}
 
 

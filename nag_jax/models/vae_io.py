@@ -23,6 +23,11 @@ def pixels_to_uint8(x: jax.Array) -> jax.Array:
   return jnp.clip(127.5 * jnp.asarray(x, jnp.float32) + 128.0, 0.0, 255.0).astype(jnp.uint8)
 
 
+def uint8_to_pixels(x):
+  """uint8 images -> float32 in [-1, 1] by x / 127.5 - 1 (ToTensor + Normalize(0.5, 0.5)); numpy or jax arrays."""
+  return x.astype(np.float32) / 127.5 - 1.0
+
+
 def decode_to_uint8(module: AutoencoderKL, params: dict, latents: jax.Array,
                     scaling_factor: float | None = None) -> jax.Array:
   """Scaled latents (B, h, w, C) -> uint8 images (B, H, W, 3) via `pixels_to_uint8` (sample_ddp.py).
@@ -39,13 +44,13 @@ def encode(module: AutoencoderKL, params: dict, images: jax.Array, key: jax.Arra
            mode: bool = False) -> jax.Array:
   """Images (B, H, W, C) -> latents x scaling_factor, as train.py's `latent_dist.sample() * 0.18215`.
 
-  uint8 images are mapped to [-1, 1] by x / 127.5 - 1 (ToTensor + Normalize(0.5, 0.5)); float images
+  uint8 images are mapped to [-1, 1] by `uint8_to_pixels`; float images
   must already be in [-1, 1]. `mode=True` takes the posterior mean instead of a sample (no key needed).
   """
   if key is None and not mode:
     raise ValueError("encode needs a key to sample the posterior (or mode=True)")
   if jnp.issubdtype(images.dtype, jnp.integer):
-    images = images.astype(jnp.float32) / 127.5 - 1.0
+    images = uint8_to_pixels(images)
   posterior = module.apply({"params": params}, images, method=AutoencoderKL.encode)
   z = posterior.mode() if mode else posterior.sample(key)
   return (z - _shift(module)) * module.config.scaling_factor
