@@ -257,7 +257,7 @@ class Study:
       with timer(f"unguided and CFG {run_name(*first)}"):
         self.run_cells("sweep", first, [sweep["none"]] + [sweep[f"cfg{s:g}"] for s in sc.cfg], seed0, sc.num_seeds)
       s_best = float(best(main, [f"cfg{s:g}" for s in sc.cfg])[3:])
-      self.results["best"] = {"cfg": s_best, "nag": sc.step_nag[0]}
+      self.results["best"] = {"cfg": s_best}
       with timer(f"first NAG and NAG + CFG {s_best:g} {run_name(*first)}"):  # the two claims' first answers
         cells = [sweep[f"nag{w:g}"] for w in sc.step_nag if f"nag{w:g}" in sweep]
         cells += [sweep[n] for n in (f"cfg{s_best:g}+nag{w:g}" for w in sc.grid_nag[:3]) if n in sweep]

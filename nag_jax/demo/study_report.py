@@ -287,8 +287,9 @@ def _sections(results: dict, sc: StudyConfig, out: pathlib.Path) -> tuple[list[s
               f"on top of the best CFG (reference CFG {best['cfg']:g}; CFG-Zero* and APG replace CFG's update at the "
               "same scale). Model rows per step count every row of the one batched call (autoguidance's weak model "
               "as one row).", "", peer_table(results, main), ""]
-  lines += ["## Weight sweep", "", f"Best CFG alone {best['cfg']:g}, best NAG alone {best['nag']:g} (lowest mean FD "
-            f"at {main}, first training seed).", ""]
+  nag_text = f"best NAG alone {best['nag']:g}" if "nag" in best else "NAG alone not finished"
+  lines += ["## Weight sweep", "", f"Best CFG alone {best['cfg']:g}, {nag_text} (lowest mean FD at {main}, first "
+            "training seed).", ""]
   for r in runs:
     here = cells_by_run[r]
     names = [n for n, c in here.items() if c["phase"] == "sweep" and "+" not in n]
