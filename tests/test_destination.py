@@ -87,3 +87,13 @@ def test_library_writer_refuses_foreign_folder_even_with_overwrite(tmp_path):
   with pytest.raises(DestinationError, match="not a converted model"):
     model_dir.save(dst, {"w": np.zeros(3, np.float32)}, config, overwrite=True)
   assert listing(tmp_path) == before
+
+
+def test_demo_rerun_refuses_a_foreign_training_folder(tmp_path):
+  """`python -m nag_jax.demo --out .` must not wipe a runs/main folder the demo did not write."""
+  from nag_jax.demo import models  # pylint: disable=import-outside-toplevel
+  workdir = foreign_folder(tmp_path / "runs" / "main")
+  before = listing(tmp_path)
+  with pytest.raises(DestinationError, match="not a demo training folder"):
+    models._train(None, workdir, "x", progress=False)  # pylint: disable=protected-access
+  assert listing(tmp_path) == before

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 from typing import Any
 
 import jax
@@ -18,17 +17,19 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from nag_jax import flow
+from nag_jax import destination, flow
 from nag_jax.checkpoints import model_dir
 from nag_jax.demo.config import DemoConfig, Variant
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT
 from nag_jax.models.embeddings import timestep_embedding
-from nag_jax.training import loop
+from nag_jax.training import checkpointing, loop
 from nag_jax.training.base_config import get_base_config
 
 LOG_EVERY = 50
 TRAINED = "trained.json"  # beside model/: the budget it was trained with (a later run reuses a match)
+# What a demo training folder holds, so a rerun replaces it but never a folder of someone else's files.
+RUN_ENTRIES = frozenset({loop.EXPORT_DIR, checkpointing.CHECKPOINT_DIR, checkpointing.RUN_CONFIG, TRAINED, "estimator"})
 
 
 class _Bar:
@@ -68,7 +69,8 @@ def train_config(dc: DemoConfig, model_config: ModelConfig, noise_dropout: float
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, desc: str, progress: bool):
-  shutil.rmtree(workdir, ignore_errors=True)  # a fresh run: never resume another preset's checkpoint
+  if workdir.exists():  # a fresh run: never resume another preset's checkpoint, never delete foreign files
+    destination.clear(workdir, names=RUN_ENTRIES, what="demo training folder")
   bar = _Bar(config.num_train_steps, desc, progress)
   try:
     state = loop.train(config, workdir, writer=bar, progress=bar)

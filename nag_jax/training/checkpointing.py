@@ -18,6 +18,7 @@ from nag_jax import destination
 from nag_jax.checkpoints import CheckpointError
 
 RUN_CONFIG = "config.json"  # the config a workdir's checkpoints were written with
+CHECKPOINT_DIR = "checkpoints"  # workdir/checkpoints: the Orbax steps
 # Keys that shape the TrainState (a resume with other values cannot restore the checkpoints), and the
 # model fields that do not.
 STATE_KEYS = ("mode", "model", "optimizer.accumulation_steps")
@@ -37,7 +38,7 @@ def _state_fields(config: dict) -> dict[str, Any]:
 
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
   """True when workdir/checkpoints holds a finished step (Orbax's temporary folders do not count)."""
-  folder = pathlib.Path(workdir) / "checkpoints"
+  folder = pathlib.Path(workdir) / CHECKPOINT_DIR
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
