@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
   oc = get_base_config().objective
   model = train(DiT(CFG), init_params(CFG, jax.random.key(0)), create_objective(CFG, oc), 300, ema_decay=0.95)
   model_dir.save(root / "model", model.eval_params, CFG)
-  estimator = NoiseEstimator(CFG)
+  estimator = NoiseEstimator(CFG, pseudo_level=1.001)
   fresh = nn.meta.unbox(estimator.init(jax.random.key(1), *estimator_inputs(estimator)))["params"]
   g_phi = train(estimator, merge_pretrained(fresh, model.eval_params, CFG),
                 create_objective(CFG, oc, noise_level=True), 600, ema_decay=0.0)

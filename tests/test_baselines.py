@@ -75,10 +75,10 @@ def test_time_shift_feeds_the_shifted_time_to_every_t_branch(params):
   def fake(p, x, t, y):  # outputs its time input, so the guided output shows every branch's t
     return jnp.broadcast_to(t[:, None, None, None], x.shape[:3] + (8,))
 
-  g = GuidanceConfig(cfg_scale=2.0, nag_scale=1.0, time_shift_window=0.01)
+  g = GuidanceConfig(cfg_scale=2.0, nag_scale=1.0, time_shift_window=0.01, pseudo_level=1001.0)
   x, t = scaled_states([0.9, 0.95]), jnp.asarray([400.0, 700.0])
-  out = jax.jit(make_denoise(Branched(fake, params, 5, 4), jnp.asarray([0, 1]), g, g.active_terms(0.5), 1001.0,
-                             schedule=process.create("dit")))(x, t)
+  out = jax.jit(make_denoise(Branched(fake, params, 5, 4), jnp.asarray([0, 1]), g, g.active_terms(0.5),
+                             process=process.create("dit")))(x, t)
   shifted = np.asarray(time_shift(x, t, 0.01, process.create("dit")))
   assert (shifted != np.asarray(t)).all()
   # cond + (s - 1)(cond - uncond) + w (cond - pseudo): cond and uncond saw t', the NAG branch 1001
@@ -129,4 +129,4 @@ def test_bad_baseline_settings_are_refused(kwargs, needle):
 def test_time_shift_without_process_is_refused(params):
   g = GuidanceConfig(time_shift_window=0.01)
   with pytest.raises(ValueError, match="needs the model's forward process"):
-    make_denoise(Branched(lambda *a: None, params, 5, 4), jnp.asarray([0]), g, g.active_terms(0.5), 1001.0)
+    make_denoise(Branched(lambda *a: None, params, 5, 4), jnp.asarray([0]), g, g.active_terms(0.5))

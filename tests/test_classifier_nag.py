@@ -49,7 +49,7 @@ def test_log_likelihood_gradient_matches_closed_form():
 
 def test_gradient_of_a_real_estimator_matches_finite_differences():
   cfg = CFG.replace(family="sit", in_channels=2)
-  module = NoiseEstimator(cfg)
+  module = NoiseEstimator(cfg, pseudo_level=1.001)
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *estimator_inputs(module)))["params"]
   est = Estimator(lambda p, x, y: module.apply({"params": p}, x, y), random_like(shapes, scale=0.1))
   x = jnp.asarray(RNG.standard_normal((2, 8, 8, 2)), jnp.float32)
@@ -98,8 +98,8 @@ def test_denoiser_adds_the_scaled_term_at_the_scheduled_level(params):
   x = jnp.asarray(RNG.standard_normal((2, 8, 8, 4)), jnp.float32)
   t, y = jnp.asarray([300.0, 800.0]), jnp.asarray([0, 4])
   g = GuidanceConfig(classifier_nag_scale=2.5, classifier_nag_sigma=0.2)
-  denoise = make_denoise(Branched(apply, params, 5, 4), y, g, g.active_terms(0.5), 1001.0,
-                         schedule=process.create("dit"), estimator=Estimator(mean_square, 0.7))
+  denoise = make_denoise(Branched(apply, params, 5, 4), y, g, g.active_terms(0.5),
+                         process=process.create("dit"), estimator=Estimator(mean_square, 0.7))
   got = np.asarray(jax.jit(denoise)(x, t))
   plain = np.asarray(jax.jit(apply)(params, x, t, y))
   grad = 2.5 * closed_form_grad(x, 0.7, np.asarray(t) / 1000, 0.2)  # DiT target: t / T
@@ -111,7 +111,7 @@ def test_denoiser_adds_the_scaled_term_at_the_scheduled_level(params):
 @pytest.mark.parametrize("family,method", [("dit", "ddpm"), ("sit", "sde")])
 def test_classifier_nag_changes_the_sampler_and_is_exactly_plain_at_zero(params, family, method):
   config = CFG.replace(family=family)
-  estimator = NoiseEstimator(config)
+  estimator = NoiseEstimator(config, pseudo_level={"dit": 1001.0, "sit": 1.001}[family])
   est_params = random_like(jax.eval_shape(lambda: estimator.init(jax.random.key(0),
                                                                  *estimator_inputs(estimator)))["params"])
   sampler = SamplerConfig(method=method, num_steps=4)
@@ -135,5 +135,5 @@ def test_bad_classifier_nag_settings_are_refused(params):
   with pytest.raises(ValueError, match="needs estimator"):
     build_sampler(CFG, SamplerConfig(num_steps=4), g)
   with pytest.raises(ValueError, match="needs the noise-level estimator"):
-    make_denoise(Branched(lambda *a: None, params, 5, 4), jnp.asarray([0]), g, g.active_terms(0.5), 1001.0,
-                 schedule=process.create("dit"))
+    make_denoise(Branched(lambda *a: None, params, 5, 4), jnp.asarray([0]), g, g.active_terms(0.5),
+                 process=process.create("dit"))

@@ -42,9 +42,9 @@ def inputs(b=3):
 def test_batched_call_equals_separate_calls(params):
   x, t, y = inputs()
   rec = Recorder()
-  g = GuidanceConfig(cfg_scale=1.5, nag_scale=2.0)
+  g = GuidanceConfig(cfg_scale=1.5, nag_scale=2.0, pseudo_level=1001.0)
   active = g.active_terms(0.5)
-  out = jax.jit(make_denoise(Branched(rec, params, 5, 4), y, g, active, 1001.0))(x, t)
+  out = jax.jit(make_denoise(Branched(rec, params, 5, 4), y, g, active))(x, t)
   assert rec.batches == [9]  # three branches, one call
   f = jax.jit(lambda tt, yy: rec.model.apply({"params": params}, x, tt, yy))
   c, u, n = f(t, y), f(t, jnp.full_like(y, 5)), f(jnp.full_like(t, 1001.0), y)
@@ -57,12 +57,12 @@ def test_nag_alone_is_paper_eq11_and_nested_form(params):
   x, t, y = inputs()
   f = jax.jit(lambda tt, yy: DiT(CFG).apply({"params": params}, x, tt, yy)[..., :4])
   c, n = f(t, y), f(jnp.full_like(t, 1001.0), y)
-  g = GuidanceConfig(nag_scale=3.0)
-  out = jax.jit(make_denoise(Branched(Recorder(), params, 5, 4), y, g, g.active_terms(0.5), 1001.0))(x, t)
+  g = GuidanceConfig(nag_scale=3.0, pseudo_level=1001.0)
+  out = jax.jit(make_denoise(Branched(Recorder(), params, 5, 4), y, g, g.active_terms(0.5)))(x, t)
   np.testing.assert_allclose(out[..., :4], 4.0 * c - 3.0 * n, atol=1e-5)
-  g = GuidanceConfig(cfg_scale=1.2, nag_scale=2.0, nag_form="nested")
+  g = GuidanceConfig(cfg_scale=1.2, nag_scale=2.0, nag_form="nested", pseudo_level=1001.0)
   rec = Recorder()
-  out = jax.jit(make_denoise(Branched(rec, params, 5, 4), y, g, g.active_terms(0.5), 1001.0))(x, t)
+  out = jax.jit(make_denoise(Branched(rec, params, 5, 4), y, g, g.active_terms(0.5)))(x, t)
   assert rec.batches == [12]
   null = jnp.full_like(y, 5)
   u, un = f(t, null), f(jnp.full_like(t, 1001.0), null)
@@ -80,8 +80,7 @@ def test_official_three_channel_cfg_matches_fixture(shared_dir):
   g = GuidanceConfig(cfg_scale=float(io["cfg_scale"]), cfg_channels=3)
   model = DiT(config)
   apply = lambda p, x, t, y: model.apply({"params": p}, x, t, y)
-  denoise = make_denoise(Branched(apply, params, 10, 4), jnp.asarray(io["cfg_y"][:4]), g, g.active_terms(0.5),
-                         1001.0)
+  denoise = make_denoise(Branched(apply, params, 10, 4), jnp.asarray(io["cfg_y"][:4]), g, g.active_terms(0.5))
   out = jax.jit(denoise)(nhwc(io["cfg_x"][:4]), io["cfg_t"][:4].astype(np.float32))
   assert np.abs(np.asarray(out) - nhwc(io["cfg_out"][:4])).max() < 1e-4
 
@@ -101,10 +100,10 @@ def test_off_terms_add_no_branch_and_match_unguided(params, method):
 
 
 def test_interval_limits_the_branch_to_its_steps(params):
-  g = GuidanceConfig(nag_scale=1.0, nag_interval=(0.0, 0.5))
+  g = GuidanceConfig(nag_scale=1.0, nag_interval=(0.0, 0.5), pseudo_level=1001.0)
   rec = Recorder()
   nu = np.linspace(1, 0, 10)
-  segs = make_segments(Branched(rec, params, 5, 4), jnp.asarray([1, 2, 3]), g, nu, 1001.0)
+  segs = make_segments(Branched(rec, params, 5, 4), jnp.asarray([1, 2, 3]), g, nu)
   assert [(a, b) for a, b, _ in segs] == [(0, 5), (5, 10)]
   x, t, _ = inputs()
   for _, _, fn in segs:

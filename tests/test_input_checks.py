@@ -98,7 +98,7 @@ def test_training_data_and_estimator_labels_are_checked():
   with pytest.raises(UserError, match="integer class ids, got dtype float64"):
     data.ArraySource(x, np.array([0.0, 1.5, 2.0]))
   assert data.ArraySource(x, np.array([0, 2, 1])).num_classes == 3
-  est = NoiseEstimator(TINY.replace(family="sit"))
+  est = NoiseEstimator(TINY.replace(family="sit"), pseudo_level=1.001)
   est_params = jax.jit(est.init)(jax.random.key(0), *estimator_inputs(est))["params"]
   level_fn = ns.make_level_fn(est, process.create("sit"))
   states = jnp.zeros((2, 2, 4, 4, 4))

@@ -3,6 +3,7 @@
 The 8 devices need XLA_FLAGS before JAX starts, so this file re-runs itself as a subprocess (the
 `__main__` part), which writes its results to an npz that the tests read.
 """
+import dataclasses
 import fcntl
 import os
 import pathlib
@@ -161,8 +162,9 @@ def _child(out_path):
       def apply(p, x, t, y):
         jax.debug.inspect_array_sharding(x, callback=lambda s, shape=x.shape: seen.append(s.shard_shape(shape)[0]))
         return DiT(model_cfg).apply({"params": p}, x, t, y)
-      denoise = make_denoise(Branched(apply, params, model_cfg.null_class, 4), labels, guidance,
-                             frozenset({"cfg", "nag"}), model_cfg.pseudo_level)
+      denoise = make_denoise(Branched(apply, params, model_cfg.null_class, 4), labels,
+                             dataclasses.replace(guidance, pseudo_level=1001.0),
+                             frozenset({"cfg", "nag"}))
       xs = sharding.batch_sharding(mesh, 4)
       jax.jit(denoise, in_shardings=(xs, sharding.batch_sharding(mesh))).lower(
           jax.ShapeDtypeStruct((BATCH, 8, 8, 4), jnp.float32), jax.ShapeDtypeStruct((BATCH,), jnp.float32)).compile()

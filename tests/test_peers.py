@@ -50,7 +50,7 @@ def np_dot(a, b):
 
 
 def run(main, g, x, t, y, weak=None):
-  denoise = make_denoise(main, jnp.asarray(y), g, g.active_terms(0.6), 1.001, weak, schedule=process.create("sit"))
+  denoise = make_denoise(main, jnp.asarray(y), g, g.active_terms(0.6), weak, process=process.create("sit"))
   return np.asarray(jax.jit(denoise)(jnp.asarray(x), jnp.asarray(t)), np.float64)
 
 
@@ -116,8 +116,8 @@ def test_apg_with_momentum_over_an_euler_ode_matches_the_reference_loop(models, 
   x0, _, y = inputs()
   g = GuidanceConfig(apg_scale=4.0, apg_eta=0.3, apg_momentum=momentum, apg_norm_threshold=threshold)
   transport, steps = create_transport("Linear"), 6
-  segs = make_segments(main, jnp.asarray(y), g, ode_noise_levels(transport, steps), 1.001,
-                       schedule=process.create("sit"))
+  segs = make_segments(main, jnp.asarray(y), g, ode_noise_levels(transport, steps),
+                       process=process.create("sit"))
   got = np.asarray(jax.jit(lambda x: sample_ode(transport, segs, x, num_steps=steps, method="euler").x)(x0))
   grid, buffer, x = ode_time_grid(transport, steps).astype(np.float64), MomentumBuffer(momentum), x0.astype(np.float64)
   for k in range(steps - 1):
@@ -132,8 +132,8 @@ def test_cfg_zero_init_freezes_the_first_steps(models):
   x0, _, y = inputs()
   transport, steps = create_transport("Linear"), 8
   g = GuidanceConfig(cfg_zero_scale=2.0, cfg_zero_init_steps=2)
-  segs = make_segments(main, jnp.asarray(y), g, ode_noise_levels(transport, steps), 1.001,
-                       schedule=process.create("sit"))
+  segs = make_segments(main, jnp.asarray(y), g, ode_noise_levels(transport, steps),
+                       process=process.create("sit"))
   assert [(a, b) for a, b, _ in segs] == [(0, 2), (2, 7)]
   traj = np.asarray(sample_ode(transport, segs, jnp.asarray(x0), num_steps=steps, method="euler",
                                return_trajectory=True).trajectory)

@@ -50,7 +50,7 @@ def test_level_mapping_follows_the_sampler_grids():
 def test_trained_range_and_pseudo_level(family, steps, inside, default):
   proc = process.create(family, diffusion_steps=steps)
   assert proc.time_range == ((0.0, float(steps - 1)) if family == "dit" else (0.0, 1.0))
-  assert proc.pseudo_level() == proc.pseudo_level(None) == default == ModelConfig(family=family).pseudo_level
+  assert proc.pseudo_level() == proc.pseudo_level(None) == default
   assert proc.pseudo_level(2000.0) == 2000.0
   with pytest.raises(ValueError, match="inside the trained range"):
     proc.pseudo_level(inside)

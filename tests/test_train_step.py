@@ -198,7 +198,7 @@ def test_remat_keeps_the_params_and_gives_the_same_gradients():
 def test_noise_estimator_step_regresses_t_scaled_to_the_unit_interval():
   """g_phi's zero-initialised head predicts 0, so its first loss is exactly the mean squared target."""
   from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs  # pylint: disable=import-outside-toplevel
-  model = NoiseEstimator(TINY)
+  model = NoiseEstimator(TINY, pseudo_level=1001.0)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *estimator_inputs(model))["params"])
   obj = create_objective(TINY, objective_config(noise_dropout=0.3), noise_level=True)
   assert obj.noise_dropout == 0.0  # the estimator always sees the pseudo level

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from nag_jax import destination
+from nag_jax import destination, process
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, dummy_inputs
@@ -153,7 +153,7 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, shardings=None):
 def load_estimator(path: str | pathlib.Path) -> tuple[NoiseEstimator, dict]:
   """g_phi and its params from a model directory holding a NoiseEstimator's params."""
   config = read_config(path)
-  estimator = NoiseEstimator(config, pseudo_level=read_pseudo_level(path))
+  estimator = NoiseEstimator(config, pseudo_level=process.create(config.family).pseudo_level(read_pseudo_level(path)))
   target = jax.eval_shape(lambda: nn.meta.unbox(estimator.init(jax.random.key(0), *estimator_inputs(estimator))))
   try:
     params = ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute() / PARAMS_DIR,

@@ -23,18 +23,18 @@ from nag_jax.models.noise_estimator import NoiseEstimator
 FORWARD = "forward"
 
 
-def forward_states(schedule: Process, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+def forward_states(process: Process, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
   """(S, B, ...) states a_t x0 + s_t noise of the model's forward process at each of the S times t.
 
   Every level reuses the same data and noise, so each sample's states form one forward trajectory.
   """
   def one(ti):
-    a, s = schedule.coefficients(jnp.full(x0.shape[:1], ti, jnp.float32))
+    a, s = process.coefficients(jnp.full(x0.shape[:1], ti, jnp.float32))
     return expand_t_like_x(a, x0) * x0 + expand_t_like_x(s, x0) * noise
   return jax.vmap(one)(jnp.asarray(t, jnp.float32))
 
 
-def make_level_fn(estimator: NoiseEstimator, schedule: Process,
+def make_level_fn(estimator: NoiseEstimator, process: Process,
                   num_classes: int | None = None) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
   """Jitted fn(params, states (S, B, H, W, C), y (B,)) -> (S, B) estimated noise fractions.
 
@@ -44,7 +44,7 @@ def make_level_fn(estimator: NoiseEstimator, schedule: Process,
   num_classes = estimator.config.num_classes if num_classes is None else num_classes
   def levels(params, states, y):
     g = jax.lax.map(lambda x: estimator.apply({"params": params}, x, y), states)
-    return schedule.estimate_to_level(g)
+    return process.estimate_to_level(g)
   compiled = jax.jit(levels)
 
   def checked(params, states, y):

@@ -3,7 +3,7 @@
 Both read the model's forward process from its family's `nag_jax.process.Process` (the coefficients
 (a_t, s_t) of x_t = a_t x0 + s_t eps at the model's own time t, and its trained range).
 
-- Epsilon Scaling (Ning et al. 2023a, uniform schedule): the network output (DiT eps, SiT velocity) is
+- Epsilon Scaling (Ning et al. 2023a, uniform process): the network output (DiT eps, SiT velocity) is
   divided by lambda = 1 + eps_scaling at every step in its interval; variance channels are untouched.
 - Time Shift (Li et al. 2023): the network is conditioned on the time t' of a window around the scheduled
   t whose forward variance a_t'^2 v_data + s_t'^2 is closest to the state's per-sample variance; the
@@ -30,16 +30,16 @@ def eps_scale(out: jax.Array, eps_scaling: float, latent_channels: int) -> jax.A
   return jnp.concatenate([out[..., :c] / (1 + eps_scaling), out[..., c:]], axis=-1)
 
 
-def time_shift(x: jax.Array, t: jax.Array, window: float, schedule: Process,
+def time_shift(x: jax.Array, t: jax.Array, window: float, process: Process,
                data_var: float = 0.0) -> jax.Array:
   """(B,) shifted model times: the candidate within +-window (noise fraction) of t that best matches Var(x)."""
   k = int(round(window * RESOLUTION))
   # Offsets 0, -1, +1, -2, +2, ...: argmin takes the first minimum, i.e. the candidate nearest t.
   order = np.stack([-np.arange(k + 1), np.arange(k + 1)], axis=1).reshape(-1)[1:]
-  step = schedule.time_per_noise / RESOLUTION  # one candidate towards noise (+nu)
-  lo, hi = schedule.time_range
+  step = process.time_per_noise / RESOLUTION  # one candidate towards noise (+nu)
+  lo, hi = process.time_range
   cand = jnp.clip(t[:, None] + step * jnp.asarray(order, jnp.float32), lo, hi)
-  a, s = schedule.coefficients(cand)
+  a, s = process.coefficients(cand)
   expected = a ** 2 * data_var + s ** 2
   var = jnp.var(x.reshape(x.shape[0], -1), axis=1)
   best = jnp.argmin(jnp.abs(var[:, None] - expected), axis=1)

@@ -42,7 +42,7 @@ def log_likelihood_grad(estimator: Estimator, x: jax.Array, y: jax.Array, target
 
 
 def classifier_nag(out: jax.Array, x: jax.Array, t: jax.Array, y: jax.Array, estimator: Estimator,
-                   schedule: Process, scale: float, sigma: float) -> jax.Array:
+                   process: Process, scale: float, sigma: float) -> jax.Array:
   """The guided output plus `scale` times the classifier-NAG score term at the scheduled time t."""
-  grad = scale * log_likelihood_grad(estimator, x, y, schedule.estimator_target(t), sigma)
-  return schedule.add_score(out, x, t, grad)
+  grad = scale * log_likelihood_grad(estimator, x, y, process.estimator_target(t), sigma)
+  return process.add_score(out, x, t, grad)

@@ -1,7 +1,8 @@
 """Builds the sampler's `denoise(x, t)`: every active branch stacked into ONE model call of batch k*B.
 
 Per-step terms wrap that call: Time Shift picks the time the branches see, then Epsilon Scaling and
-classifier-based NAG change the combined output (they need the forward `schedule`; the latter g_phi).
+classifier-based NAG change the combined output (they need the forward `process`; the latter g_phi).
+The pseudo level is `g.pseudo_level`, resolved to the family default once by the caller (the pipeline).
 Peers: autoguidance evaluates the second model (`parent`) with the labels, TSG adds a branch at a shifted
 time, CFG-Zero* and APG reuse the null-class branch; APG with momentum is a `segments.Stateful` denoiser.
 """
@@ -48,19 +49,22 @@ def branch_inputs(g: GuidanceConfig, active: frozenset) -> list[tuple[str, str, 
 
 
 def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: frozenset,
-                 pseudo_level: float, parent: Branched | None = None, *,
-                 schedule: Process | None = None, estimator: Estimator | None = None) -> seg.Denoise:
+                 parent: Branched | None = None, *,
+                 process: Process | None = None, estimator: Estimator | None = None) -> seg.Denoise:
   """denoise(x, t) -> guided output for the static set of active terms."""
   branches = branch_inputs(g, active)
+  if "nag" in active and g.pseudo_level is None:
+    raise ValueError("nag_scale > 0 needs g.pseudo_level (the pipeline sets the family default: "
+                     "process.pseudo_level(None))")
   if "dog" in active and parent is None:
     raise ValueError("dog_scale > 1 needs the pre-trained parent model (Domain Guidance)")
-  if active & {"classifier_nag", "time_shift"} and schedule is None:
+  if active & {"classifier_nag", "time_shift"} and process is None:
     raise ValueError(f"{sorted(active & {'classifier_nag', 'time_shift'})} needs the model's forward "
-                     "process (schedule=nag_jax.process.create(family))")
+                     "process (process=nag_jax.process.create(family))")
   if "autoguidance" in active and parent is None:
     raise ValueError("autoguidance_scale > 1 needs the weaker model (parent) as the bad branch")
-  if "tsg" in active and schedule is None:
-    raise ValueError("tsg_scale > 0 needs the model's forward process (schedule=nag_jax.process.create(family))")
+  if "tsg" in active and process is None:
+    raise ValueError("tsg_scale > 0 needs the model's forward process (process=nag_jax.process.create(family))")
   if "classifier_nag" in active and estimator is None:
     raise ValueError("classifier_nag_scale > 0 needs the noise-level estimator g_phi (estimator=...)")
 
@@ -68,11 +72,12 @@ def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: 
     b = x.shape[0]
     t_in = t
     if "time_shift" in active:
-      t_in = baselines.time_shift(x, t, g.time_shift_window, schedule, g.time_shift_data_var)
-    srcs = {"t": t_in, "pseudo": jnp.full_like(t, pseudo_level), "y": labels,
-            "null": jnp.full_like(labels, model.null_class)}
+      t_in = baselines.time_shift(x, t, g.time_shift_window, process, g.time_shift_data_var)
+    srcs = {"t": t_in, "y": labels, "null": jnp.full_like(labels, model.null_class)}
+    if "nag" in active:
+      srcs["pseudo"] = jnp.full_like(t, g.pseudo_level)
     if "tsg" in active:
-      srcs["tsg"] = _towards_noise(t_in, g.tsg_shift, schedule)
+      srcs["tsg"] = _towards_noise(t_in, g.tsg_shift, process)
     k = len(branches)
     xb = jnp.concatenate([x] * k) if k > 1 else x
     tb = jnp.concatenate([srcs[ts] for _, ts, _ in branches])
@@ -94,7 +99,7 @@ def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: 
     if "eps_scaling" in active:
       out = baselines.eps_scale(out, g.eps_scaling, model.latent_channels)
     if "classifier_nag" in active:
-      out = classifier_nag(out, x, t, labels, estimator, schedule, g.classifier_nag_scale, g.classifier_nag_sigma)
+      out = classifier_nag(out, x, t, labels, estimator, process, g.classifier_nag_scale, g.classifier_nag_sigma)
     return out, outs.get("apg_delta")
 
   if "apg" in active and g.apg_momentum != 0:
@@ -102,14 +107,14 @@ def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: 
   return lambda x, t: core(x, t, None)[0]
 
 
-def _towards_noise(t: jax.Array, shift: float, schedule: Process) -> jax.Array:
+def _towards_noise(t: jax.Array, shift: float, process: Process) -> jax.Array:
   """The model time `shift` (noise fraction) noisier than t, clipped to the trained range (TSG's t~)."""
-  lo, hi = schedule.time_range
-  return jnp.clip(t + shift * schedule.time_per_noise, lo, hi)
+  lo, hi = process.time_range
+  return jnp.clip(t + shift * process.time_per_noise, lo, hi)
 
 
-def make_segments(model: Branched, labels: jax.Array, g: GuidanceConfig, nu: np.ndarray, pseudo_level: float,
-                  parent: Branched | None = None, *, schedule: Process | None = None,
+def make_segments(model: Branched, labels: jax.Array, g: GuidanceConfig, nu: np.ndarray,
+                  parent: Branched | None = None, *, process: Process | None = None,
                   estimator: Estimator | None = None) -> list[seg.Segment]:
   """One denoiser per run of steps with the same active terms (static per-step noise fraction nu).
 
@@ -118,6 +123,6 @@ def make_segments(model: Branched, labels: jax.Array, g: GuidanceConfig, nu: np.
   zero = min(g.cfg_zero_init_steps, len(nu))
   last_zero = float(np.asarray(nu, np.float64)[zero - 1]) if zero else np.inf  # nu decreases along the steps
   terms = lambda level: frozenset({"zero_init"}) if level >= last_zero else g.active_terms(level)
-  return [(start, stop, make_denoise(model, labels, g, active, pseudo_level, parent, schedule=schedule,
+  return [(start, stop, make_denoise(model, labels, g, active, parent, process=process,
                                      estimator=estimator))
           for start, stop, active in seg.group_steps(nu, terms)]

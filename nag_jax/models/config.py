@@ -77,11 +77,6 @@ class ModelConfig:
     return self.num_classes
 
   @property
-  def pseudo_level(self) -> float:
-    """Default pseudo noise level of the noise-unconditional branch."""
-    return family_process(self.family).default_pseudo_level
-
-  @property
   def compute_dtype(self) -> Any:
     return jnp.dtype(self.dtype)
 

@@ -16,8 +16,11 @@ from nag_jax.models.dit import Backbone, dense
 
 
 class NoiseEstimator(Backbone):
-  """g_phi(x, y) -> (B,) predicted noise level: SiT t in [0, 1] (1 = data), or DiT t / 1000."""
-  pseudo_level: float | None = None
+  """g_phi(x, y) -> (B,) predicted noise level: SiT t in [0, 1] (1 = data), or DiT t / 1000.
+
+  `pseudo_level`: the noise-condition input, as the caller resolved it (`Process.pseudo_level`).
+  """
+  pseudo_level: float
 
   def setup(self):
     super().setup()
@@ -26,8 +29,7 @@ class NoiseEstimator(Backbone):
     self.head_fc2 = dense(1, ("mlp", None), dt, kernel_init=init.zeros)
 
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    level = self.config.pseudo_level if self.pseudo_level is None else self.pseudo_level
-    tokens, _ = self.features(x, jnp.full(x.shape[:1], level, jnp.float32), y)
+    tokens, _ = self.features(x, jnp.full(x.shape[:1], self.pseudo_level, jnp.float32), y)
     pooled = tokens.astype(jnp.float32).mean(axis=1)
     return self.head_fc2(nn.silu(self.head_fc1(pooled.astype(tokens.dtype))))[:, 0].astype(jnp.float32)
 

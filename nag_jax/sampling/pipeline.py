@@ -110,7 +110,7 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
   """
   sampler.validate(model_config.family)
   proc = _process(model_config, sampler)
-  pseudo = proc.pseudo_level(guidance.pseudo_level)
+  guidance = dataclasses.replace(guidance, pseudo_level=proc.pseudo_level(guidance.pseudo_level))  # once, here
   nu, run = _plan(proc, sampler)
   used = frozenset().union(*(guidance.active_terms(float(v)) for v in nu))
   if "dog" in used and parent_config is None:
@@ -135,7 +135,7 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
                                                parent_config.null_class, parent_config.in_channels)
     est = None if estimator is None else Estimator(
         lambda p, x, y: estimator.apply({"params": p}, x, y), estimator_params)
-    segs = make_segments(main, labels, guidance, nu, pseudo, par, schedule=proc, estimator=est)
+    segs = make_segments(main, labels, guidance, nu, par, process=proc, estimator=est)
     init_key, step_key = jax.random.split(key)
     x = jax.random.normal(init_key, (labels.shape[0], *shape), jax.numpy.float32)
     out = run(segs, x, step_key, noises, return_trajectory)

@@ -20,13 +20,15 @@ from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, dummy_inputs
 from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs
 from nag_jax.sharding import logical_shardings
+from nag_jax.training.objectives import create_objective
 from nag_jax.training.train_state import TrainState, create_optimizer
 
 
 def build_model(model_config: ModelConfig, config: ml_collections.ConfigDict) -> tuple[nn.Module, tuple]:
   """The module to train (DiT/SiT, or g_phi in noise_estimator mode) and dummy inputs for its init."""
   if config.mode == "noise_estimator":
-    model = NoiseEstimator(model_config, pseudo_level=config.objective.pseudo_level)
+    level = create_objective(model_config, config.objective, noise_level=True).pseudo_level
+    model = NoiseEstimator(model_config, pseudo_level=level)
     return model, estimator_inputs(model)
   return DiT(model_config), dummy_inputs(model_config)
 
