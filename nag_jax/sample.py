@@ -93,12 +93,11 @@ def run(c) -> pathlib.Path:
   key_samples, key_labels = jax.random.split(jax.random.key(c.seed))
   n_batches = -(-c.num_samples // c.batch_size)
   sharding = batch_sharding(mesh)
+  blocks = multihost.row_blocks(mesh, c.batch_size)
   with jax.set_mesh(mesh):
     for b in tqdm.trange(n_batches, desc="sampling", unit="batch", disable=jax.process_index() != 0):
-      rows = [s.index[0] for s in jax.device_put(np.zeros(c.batch_size), sharding).addressable_shards]
-      starts = sorted({r.start or 0 for r in rows})
-      if all(writer.part_path(out_dir, b, b * c.batch_size + s, tag).exists() for s in starts):
-        continue
+      if all(writer.part_path(out_dir, b, b * c.batch_size + s, tag).exists() for s in blocks):
+        continue  # every process sees the same parts (one shared out_dir), so all skip or none
       labels = batch_labels(c, key_labels, b, model_cfg.num_classes)
       out = sample(params, jax.random.fold_in(key_samples, b), jax.device_put(labels, sharding),
                    decoder_params, estimator_params=estimator_params)

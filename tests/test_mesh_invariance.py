@@ -93,6 +93,7 @@ def test_each_sample_row_is_written_by_one_device(results):
   for name, shape in MESHES.items():
     blocks = shape.get("data", 1) * shape.get("fsdp", 1)  # tensor devices hold copies of the same rows
     assert sorted(results[f"owned_rows/{name}"]) == list(range(0, BATCH, BATCH // blocks)), name
+    assert list(results[f"row_blocks/{name}"]) == list(range(0, BATCH, BATCH // blocks)), name  # resume's skip test
 
 
 def test_fsdp_shards_the_dit_b2_train_state(results):
@@ -157,6 +158,7 @@ def _child(out_path):
                                                               labels)
         results[f"{family}/{name}/latents"] = np.asarray(out["latents"])
       results[f"owned_rows/{name}"] = np.asarray([r.start or 0 for r, _ in multihost.owned_shards(out["latents"])])
+      results[f"row_blocks/{name}"] = np.asarray(multihost.row_blocks(mesh, BATCH))
 
       seen = []
       def apply(p, x, t, y):

@@ -94,6 +94,13 @@ def data_shard_options(mesh: Mesh, global_batch: int) -> grain.sharding.ShardOpt
                                      drop_remainder=True)
 
 
+def row_blocks(mesh: Mesh, global_batch: int) -> list[int]:
+  """First rows of the global batch's row blocks over data x fsdp, the same list on every process
+  (so that a decision taken on it, like skipping a batch whose parts exist, is taken by all or none)."""
+  index = batch_sharding(mesh).devices_indices_map((global_batch,))
+  return sorted({s.indices(global_batch)[0] for (s,) in index.values()})
+
+
 def owned_shards(x: jax.Array) -> list[tuple[slice, np.ndarray]]:
   """(rows, data) of the shards this process must write: one replica of each row range in the whole run.
 
