@@ -7,8 +7,6 @@ run resumes from the latest checkpoint in --workdir. Logs go to the console and 
 --workdir; the final EMA weights are exported to --workdir/model as a converted model directory.
 Every expected failure is one `error: ...` line and exit code 2 (`nag_jax.cli`); --verbose adds tracebacks.
 """
-import sys
-
 import jax
 from absl import flags, logging
 from ml_collections import config_flags

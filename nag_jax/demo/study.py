@@ -27,7 +27,7 @@ from nag_jax.evaluation import noise_shift as ns
 from nag_jax.evaluation import shift_analysis
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.guidance.denoiser import branch_inputs
-from nag_jax.sampling.pipeline import build_sampler, step_noise_levels
+from nag_jax.sampling.pipeline import build_sampler
 
 METRICS = experiment.METRICS
 
