@@ -2,7 +2,8 @@
 import numpy as np
 import scipy.stats
 
-from nag_jax.demo.study import rows_per_step, t_interval, welch_interval
+from nag_jax.demo.study_cells import rows_per_step
+from nag_jax.demo.study_stats import t_interval, welch_interval
 from nag_jax.demo.study_report import paired
 from nag_jax.guidance import GuidanceConfig
 

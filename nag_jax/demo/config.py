@@ -134,6 +134,7 @@ class StudyConfig:
   early_late: float = 0.5  # intervals: early = nu in [0.5, 1], late = nu in [0, 0.5]
   weak_steps: int = 400
   ip_gamma: float = 0.1
+  peers_alone: bool = True  # the peers without CFG too (else only on top of the best CFG)
   autoguidance: tuple[float, ...] = (1.5, 2.0)
   tsg: tuple[float, ...] = (0.5, 1.0)
   tsg_shift: float = 0.05
@@ -149,9 +150,10 @@ class StudyConfig:
 
 
 STUDY = StudyConfig()
-# CI: the quick demo's models and g_phi, one training seed, a 10-step SDE and ODE, no Input Perturbation model.
+# CI: the quick demo's models and g_phi, one training seed, a 10-step SDE and ODE, peers on CFG only, no Input
+# Perturbation model.
 STUDY_QUICK = StudyConfig(train_seeds=(0,), num_seeds=2, nag=(1.0,), cfg=(1.5,), grid_nag=(1.0,), nested_nag=(1.0,),
                           sweep_runs=(("sde", 10),),
                           nested_runs=(("sde", 10),), step_runs=(("ode", 10),), step_seeds=2, step_nag=(1.0,),
-                          weak_steps=50, ip_gamma=0.0, autoguidance=(1.5,), tsg=(1.0,), gphi_steps=0,
+                          weak_steps=50, ip_gamma=0.0, peers_alone=False, autoguidance=(1.5,), tsg=(1.0,), gphi_steps=0,
                           shift_samples=64, bootstrap=20)

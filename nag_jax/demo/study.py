@@ -17,51 +17,18 @@ from typing import Any
 
 import jax
 import numpy as np
-import scipy.stats
 import tqdm
 
 from nag_jax.data import digits_arrays
-from nag_jax.demo import experiment, models
+from nag_jax.demo import experiment, models, study_report
 from nag_jax.demo.config import DemoConfig, StudyConfig, run_name, sampler_config
-from nag_jax.evaluation import noise_shift as ns
+from nag_jax.demo.study_cells import Cell, best, interval_cells, peer_cells, rows_per_step, sweep_cells
+from nag_jax.demo.study_stats import shift_summary
 from nag_jax.evaluation import shift_analysis
 from nag_jax.guidance import GuidanceConfig
-from nag_jax.guidance.denoiser import branch_inputs
 from nag_jax.sampling.pipeline import build_sampler
 
 METRICS = experiment.METRICS
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One setting of the study: its guidance, which trained model samples and whether the weak one guides."""
-  name: str
-  label: str
-  guidance: GuidanceConfig
-  model: str = "main"      # main | ip
-  weak: bool = False       # autoguidance's bad model as the second params tree
-
-
-def t_interval(values) -> tuple[float, float]:
-  """(mean, half-width of the two-sided 95% Student-t interval); half-width 0 for a single value."""
-  v = np.asarray(values, np.float64)
-  if v.size < 2:
-    return float(v.mean()), 0.0
-  return float(v.mean()), float(scipy.stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-
-
-def welch_interval(a, b) -> tuple[float, float]:
-  """(mean(a) - mean(b), half-width of its 95% Welch interval) for independent samples."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-  dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-  return float(a.mean() - b.mean()), float(scipy.stats.t.ppf(0.975, dof) * np.sqrt(va + vb))
-
-
-def rows_per_step(g: GuidanceConfig, weak: bool) -> int:
-  """Model rows per sample per step where every term is active (the weak model's row counted as one)."""
-  active = frozenset(t for t in g.active_terms(0.5) | g.active_terms(0.25) | g.active_terms(0.75))
-  return len(branch_inputs(g, active)) + int(weak)
 
 
 class Trained:
@@ -129,57 +96,6 @@ class Scorer:
     return out
 
 
-def sweep_cells(sc: StudyConfig, nested: bool) -> list[Cell]:
-  """Unguided, NAG alone, CFG alone and the NAG + CFG grid (three-branch; nested too where asked)."""
-  cells = [Cell("none", "unguided", GuidanceConfig())]
-  cells += [Cell(f"nag{w:g}", f"NAG {w:g}", GuidanceConfig(nag_scale=w)) for w in sc.nag]
-  cells += [Cell(f"cfg{s:g}", f"CFG {s:g}", GuidanceConfig(cfg_scale=s)) for s in sc.cfg]
-  cells += [Cell(f"cfg{s:g}+nag{w:g}", f"CFG {s:g} + NAG {w:g}", GuidanceConfig(cfg_scale=s, nag_scale=w))
-            for s in sc.cfg for w in sc.grid_nag]
-  if nested:
-    cells += [Cell(f"cfg{s:g}+nag{w:g}_nested", f"CFG {s:g} + NAG {w:g} nested",
-                   GuidanceConfig(cfg_scale=s, nag_scale=w, nag_form="nested")) for s in sc.cfg for w in sc.nested_nag]
-  return cells
-
-
-def interval_cells(sc: StudyConfig, best_cfg: float, best_nag: float) -> list[Cell]:
-  """NAG and CFG on the early (noisy, nu >= split) or late (nu <= split) part of the steps only."""
-  lo, hi = (0.0, sc.early_late), (sc.early_late, 1.0)
-  return [Cell(f"nag{best_nag:g}_early", f"NAG {best_nag:g} early", GuidanceConfig(nag_scale=best_nag, nag_interval=hi)),
-          Cell(f"nag{best_nag:g}_late", f"NAG {best_nag:g} late", GuidanceConfig(nag_scale=best_nag, nag_interval=lo)),
-          Cell(f"cfg{best_cfg:g}_early", f"CFG {best_cfg:g} early", GuidanceConfig(cfg_scale=best_cfg, cfg_interval=hi)),
-          Cell(f"cfg{best_cfg:g}_late", f"CFG {best_cfg:g} late", GuidanceConfig(cfg_scale=best_cfg, cfg_interval=lo))]
-
-
-def peer_cells(sc: StudyConfig, cfg_scale: float) -> list[Cell]:
-  """Every peer alone (cfg_scale 1) or on top of CFG `cfg_scale` (CFG-Zero* and APG replace CFG's update)."""
-  on = cfg_scale > 1
-  base = GuidanceConfig(cfg_scale=cfg_scale)
-  tag, text = (f"cfg{cfg_scale:g}+", f"CFG {cfg_scale:g} + ") if on else ("", "")
-  cells = [Cell(f"{tag}auto{w:g}", f"{text}autoguidance {w:g}", dataclasses.replace(base, autoguidance_scale=w),
-                weak=True) for w in sc.autoguidance]
-  cells += [Cell(f"{tag}tsg{w:g}", f"{text}TSG {w:g}", dataclasses.replace(base, tsg_scale=w, tsg_shift=sc.tsg_shift))
-            for w in sc.tsg]
-  cells += [Cell(f"{tag}es", f"{text}Epsilon Scaling {sc.eps_scaling:g}",
-                 dataclasses.replace(base, eps_scaling=sc.eps_scaling)),
-            Cell(f"{tag}ts", f"{text}Time Shift {sc.time_shift_window:g}",
-                 dataclasses.replace(base, time_shift_window=sc.time_shift_window))]
-  if sc.ip_gamma > 0:
-    cells.append(Cell(f"{tag}ip", f"{text}Input Perturbation {sc.ip_gamma:g}", base, model="ip"))
-  if on:  # the CFG variants at the same scale
-    cells += [Cell(f"cfgzero{cfg_scale:g}", f"CFG-Zero* {cfg_scale:g}",
-                   GuidanceConfig(cfg_zero_scale=cfg_scale, cfg_zero_init_steps=sc.cfg_zero_init_steps)),
-              Cell(f"apg{cfg_scale:g}", f"APG {cfg_scale:g}",
-                   GuidanceConfig(apg_scale=cfg_scale, apg_momentum=sc.apg_momentum,
-                                  apg_norm_threshold=sc.apg_norm_threshold))]
-  return cells
-
-
-def best(results: dict, names: list[str]) -> str:
-  """The name with the lowest mean FD among `names` (present in `results`)."""
-  return min((n for n in names if n in results), key=lambda n: np.mean(results[n]["fd"]))
-
-
 class Study:
   """Runs the phases in order (later ones use the best weights found by earlier ones) into one results dict."""
 
@@ -220,7 +136,7 @@ class Study:
     refs = self.step_cells(s_best, w_best, True)[:3]
     both = next(c for c in sweep_cells(sc, True) if c.name == both_best)
     out = [("noise shift", first, [], (), 0), ("held out", first, refs + [both], seeds, sc.num_seeds)]
-    peers = peer_cells(sc, 1.0) + peer_cells(sc, s_best)
+    peers = (peer_cells(sc, 1.0) if sc.peers_alone else []) + peer_cells(sc, s_best)
     out.append(("peers", first, peers, seeds[:1], sc.num_seeds))
     out.append(("peers (own models, every training seed)", first, [c for c in peers if c.weak or c.model != "main"],
                 seeds, sc.num_seeds))
@@ -321,35 +237,8 @@ class Study:
             "steps": dc.shift_steps, "gphi_steps": sc.gphi_steps or dc.gphi_steps}
 
 
-def shift_summary(levels: np.ndarray, est: dict[str, np.ndarray], t_values, n_boot: int, w: float,
-                  losses: list) -> dict:
-  """Per level: g_phi's forward bias, each setting's shift vs forward (Welch) and NAG's paired reduction."""
-  fwd, none, nag = (np.asarray(est[k], np.float64) for k in (ns.FORWARD, "none", "nag"))
-  per = {"level": levels.tolist(), "bias": [], "none": [], "nag": [], "reduction": []}
-  for k, level in enumerate(levels):
-    per["bias"].append(t_interval(fwd[k] - level))
-    per["none"].append(welch_interval(none[k], fwd[k]))
-    per["nag"].append(welch_interval(nag[k], fwd[k]))
-    # same noise for both samplers: NAG's reduction of the shift is a paired difference per sample
-    per["reduction"].append(t_interval(none[k] - nag[k]))
-  rng = np.random.default_rng(0)
-  kde = []
-  for t, k in zip(t_values, ns.nearest_steps(levels, t_values)):
-    here = np.concatenate([fwd[k], none[k], nag[k]])
-    pad = 0.1 * max(np.ptp(here), 1e-3)
-    grid = np.linspace(here.min() - pad, here.max() + pad, 160)
-    row = {"t": float(t), "level": float(levels[k]), "grid": grid.tolist()}
-    for name, v in ((ns.FORWARD, fwd[k]), ("none", none[k]), ("nag", nag[k])):
-      boots = np.stack([ns.kde_density(v[rng.integers(0, v.size, v.size)], grid) for _ in range(n_boot)])
-      row[name] = {"density": ns.kde_density(v, grid).tolist(), "lo": np.percentile(boots, 2.5, 0).tolist(),
-                   "hi": np.percentile(boots, 97.5, 0).tolist()}
-    kde.append(row)
-  return {"num_samples": int(fwd.shape[1]), "nag_scale": w, "per_level": per, "kde": kde, "gphi_losses": losses}
-
-
 def run_study(dc: DemoConfig, sc: StudyConfig, out: pathlib.Path, command: str, *, progress: bool = True) -> str:
   """The whole study into `out` (models in out/runs, report in out/study); returns the claims' sentences."""
-  from nag_jax.demo import study_report  # pylint: disable=import-outside-toplevel  (it imports this module)
   wall, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
   (out / "study").mkdir(parents=True, exist_ok=True)
 
