@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from nag_jax import checks, data, process
+from nag_jax import checks, data, process, sharding
 from nag_jax.errors import UserError
 from nag_jax.evaluation import fid, noise_shift as ns, precision_recall as pr
 from nag_jax.evaluation.features import extract_features
@@ -50,7 +50,10 @@ BAD_LABELS = [
 def test_sampler_refuses_bad_concrete_labels(params, sampler, labels, needle, as_jax):
   """Host arrays and committed device arrays are refused with one sentence, compiled or not."""
   labels = jax.device_put(labels) if as_jax else labels
-  for fn in (sampler, build_sampler(TINY, SAMPLER, GuidanceConfig(cfg_scale=2.0), jit=False)):
+  unjitted = build_sampler(TINY, SAMPLER, GuidanceConfig(cfg_scale=2.0), jit=False)
+  mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  sharded = sharding.shard_sampler(unjitted, mesh, sharding.logical_shardings(params, mesh))
+  for fn in (sampler, unjitted, sharded):
     with pytest.raises(UserError) as e:
       fn(params, jax.random.key(0), labels)
     assert needle in str(e.value) and "\n" not in str(e.value)

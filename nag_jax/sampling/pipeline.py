@@ -147,6 +147,7 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
       result["images"] = decode(decoder_params, latents)
     return result
 
+  sample.num_classes = model_config.num_classes  # for wrappers (shard_sampler) that check concrete labels
   if not jit:
     return sample
   compiled = jax.jit(sample)

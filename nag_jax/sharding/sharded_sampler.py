@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from nag_jax import checks
 from nag_jax.sharding.rules import RULES, batch_sharding, check_batch, replicated
 
 
@@ -17,7 +18,8 @@ def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
   Returns build_sampler's dict, compiled once. Params (and the Domain-Guidance parent) follow the
   logical rules, labels and every NHWC output (latents, images, trajectory) are split over the batch
   axes, the VAE, g_phi and injected noises are replicated. The k*B guidance branch batch inherits the
-  split of the labels and the initial noise.
+  split of the labels and the initial noise. Concrete labels outside build_sampler's classes are refused
+  (UserError) when this process holds all of them; a multi-process global array is checked by its feeders.
   """
   rep = replicated(mesh)
   batch_axes = dict(RULES)["batch"]
@@ -37,6 +39,8 @@ def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
 
   def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
     check_batch(mesh, labels.shape[0])
+    if hasattr(sample_fn, "num_classes") and getattr(labels, "is_fully_addressable", True):
+      checks.check_labels(labels, sample_fn.num_classes)  # values this process can see, before tracing
     return compiled(params, key, labels, decoder_params, parent_params, estimator_params, noises)
 
   return sample
