@@ -112,6 +112,23 @@ def test_nonfinite_weights_are_refused_naming_the_key(fixture, tmp_path, capsys,
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("dtype,suffix", [("int64", ".pt"), ("uint8", ".safetensors"), ("bool", ".pt")])
+def test_integer_weights_of_the_right_shape_are_refused(fixture, tmp_path, capsys, dtype, suffix):
+  """Casting integer entries would convert silently wrong weights: refused, naming the entry, nothing written."""
+  _, _, _, sd = fixture
+  bad = collections.OrderedDict((k, v.contiguous()) for k, v in sd.items())
+  bad["blocks.0.mlp.fc1.weight"] = (sd["blocks.0.mlp.fc1.weight"] * 100).to(getattr(torch, dtype))
+  src = tmp_path / f"bad{suffix}"
+  if suffix == ".pt":
+    torch.save(bad, src)
+  else:
+    from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
+    save_file(dict(bad), str(src))
+  one_error_line(capsys, run_convert(src, tmp_path / "out", "--num-heads", "4"),
+                 f"entry 'blocks.0.mlp.fc1.weight' has dtype {dtype}", "floating point")
+  assert not (tmp_path / "out").exists()
+
+
 def test_refused_global_is_named_and_trust_pickle_said_to_run_code(fixture, tmp_path, capsys):
   _, _, _, sd = fixture
   torch.save({"ema": sd, "extra": Foreign()}, tmp_path / "odd.pt")

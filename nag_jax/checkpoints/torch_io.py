@@ -94,7 +94,11 @@ def _select_state_dict(obj, path) -> tuple[dict, str]:
 
 
 def _to_numpy(sd: dict) -> dict:
-  """{name: float32 numpy} from tensors or arrays of a real dtype (half precision is widened exactly)."""
+  """{name: float32 numpy} from floating-point tensors or arrays (half precision is widened exactly).
+
+  DiT/SiT and SD-VAE weights and buffers are all floating point: an integer or bool entry is a damaged
+  or foreign file, and casting it would give silently wrong weights, so it is refused.
+  """
   out = OrderedDict()
   for k, v in sd.items():
     if not isinstance(k, str):
@@ -102,11 +106,15 @@ def _to_numpy(sd: dict) -> dict:
     if hasattr(v, "detach") and hasattr(v, "is_complex"):
       if v.is_complex():
         raise CheckpointError(f"entry {k!r} is a complex tensor ({v.dtype}): not a model state_dict")
+      if not v.is_floating_point():
+        raise CheckpointError(f"entry {k!r} has dtype {str(v.dtype).replace('torch.', '')}; model weights are "
+                              "floating point: not a model state_dict")
       v = v.detach().cpu().float().numpy()
     if not isinstance(v, np.ndarray):
       raise CheckpointError(f"entry {k!r} is a {type(v).__name__}, not a tensor: not a model state_dict")
-    if v.dtype.kind not in "fiub" and v.dtype.name != "bfloat16":
-      raise CheckpointError(f"entry {k!r} has dtype {v.dtype}, not a real number type: not a model state_dict")
+    if v.dtype.kind != "f" and v.dtype.name != "bfloat16":
+      raise CheckpointError(f"entry {k!r} has dtype {v.dtype}; model weights are floating point: "
+                            "not a model state_dict")
     out[k] = v.astype(np.float32)
   return out
 
