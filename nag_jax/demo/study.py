@@ -156,7 +156,10 @@ class Study:
     partial = self.out / "study" / "partial.json"
     if partial.is_file():
       old = json.loads(partial.read_text())
-      if old.get("config") == json.loads(json.dumps(self.results["config"])) and old.get("num_samples") == dc.num_samples:
+      now = json.loads(json.dumps(self.results["config"]))
+      # a field added to StudyConfig since that run counts as its default value there
+      defaults = json.loads(json.dumps(dataclasses.asdict(StudyConfig())))
+      if {**defaults, **old.get("config", {})} == now and old.get("num_samples") == dc.num_samples:
         self.results.update({k: old[k] for k in ("cells", "labels", "rows") if k in old})
     images, labels = digits_arrays(dc.image_size)
     timer = experiment.Timer()
