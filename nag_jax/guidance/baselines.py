@@ -3,7 +3,7 @@
 Both read the model's forward process from its family's `nag_jax.process.Process` (the coefficients
 (a_t, s_t) of x_t = a_t x0 + s_t eps at the model's own time t, and its trained range).
 
-- Epsilon Scaling (Ning et al. 2023a, uniform process): the network output (DiT eps, SiT velocity) is
+- Epsilon Scaling (Ning et al. 2023a, uniform schedule): the network output (DiT eps, SiT velocity) is
   divided by lambda = 1 + eps_scaling at every step in its interval; variance channels are untouched.
 - Time Shift (Li et al. 2023): the network is conditioned on the time t' of a window around the scheduled
   t whose forward variance a_t'^2 v_data + s_t'^2 is closest to the state's per-sample variance; the

@@ -63,8 +63,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
   data_iter = input_pipeline.create_iterator(config, source, mesh)
   initialize, abstract_state, schedule = init_state.state_initializer(config, model_config, mesh)
   ck = config.checkpoint
-  manager = checkpointing.create_manager(workdir / checkpointing.CHECKPOINT_DIR, every_steps=ck.every_steps, keep=ck.keep,
-                                         async_save=ck.async_save)
+  manager = checkpointing.create_manager(workdir / checkpointing.CHECKPOINT_DIR, every_steps=ck.every_steps,
+                                         keep=ck.keep, async_save=ck.async_save)
   checkpointing.check_run_config(workdir, config, write=jax.process_index() == 0)
   state = checkpointing.restore_latest(manager, abstract_state, data_iter)
   state = initialize() if state is None else state
