@@ -80,8 +80,8 @@ def test_numbers_are_finite_and_sane(quick_demo):
 
 
 STUDY_SECTIONS = ("## Claim 1: NAG on top of the best CFG", "## Claim 2: NAG's gain as the steps grow",
-                  "## Noise shift with intervals", "## NAG beside its peers", "## Weight sweep", "## Guidance intervals",
-                  "## FD against precision and recall", "## Timing")
+                  "## Noise shift with intervals", "## NAG beside its peers", "## bfloat16 sampling", "## Weight sweep",
+                  "## Guidance intervals", "## FD against precision and recall", "## Timing")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,32 @@ def test_study_report_structure_and_finite_values(quick_study):
   for cell in cells.values():
     assert len(cell["fd"]) == 2 and len(cell["runs"]) == 2 and min(cell["fd"]) >= 0
   assert set(results["cells"]["ODE 10"]) == {"none", "cfg1.5", "nag1", "cfg1.5+nag1"}
+  bf16 = results["bfloat16"]["SDE 10"]["cfg1.5+nag1"]
+  assert bf16["runs"] == cells["cfg1.5+nag1"]["runs"] and bf16["fd"] != cells["cfg1.5+nag1"]["fd"]
   assert results["rows"]["cfg1.5+nag1_nested"] == 4 and results["rows"]["cfg1.5+auto1.5"] == 3 and results["rows"]["cfg1.5+es"] == 2
   shift = results["noise_shift"]["per_level"]
   assert len(shift["bias"]) == len(shift["level"]) == len(shift["reduction"]) and shift["bias"][0][1] > 0
   assert "| ν |" in report and "| method |" in report
+
+
+def test_study_resumes_only_results_it_reproduces(quick_study, tmp_path, capsys):
+  """Resuming a finished quick study on the same machine re-scores its first unguided run identically and adds
+  nothing; a partial.json this machine scores differently (other CPU or XLA) is refused: code 2, one error line,
+  the file and the trained models left as they were."""
+  from nag_jax.demo.__main__ import main
+  from tests.test_cli_errors import listing, one_error
+  out, _ = quick_study
+  partial = json.loads((out / "study" / "partial.json").read_text())
+  for name, tamper in (("same", 1.0), ("other", 1 + 1e-4)):
+    shutil.copytree(out / "runs", tmp_path / name / "runs")
+    (tmp_path / name / "study").mkdir()
+    partial["cells"]["SDE 10"]["none"]["fd"][0] *= tamper
+    (tmp_path / name / "study" / "partial.json").write_text(json.dumps(partial))
+  assert main(["--study", "--quick", "--no-progress", "--out", str(tmp_path / "same")]) == 0
+  assert json.loads((tmp_path / "same" / "study" / "results.json").read_text())["cells"] == json.loads(
+      (out / "study" / "results.json").read_text())["cells"]
+  capsys.readouterr()
+  before = listing(tmp_path / "other")
+  code = main(["--study", "--quick", "--no-progress", "--out", str(tmp_path / "other")])
+  one_error(capsys, code, "partial.json was computed with other numerics", "unguided SDE 10 FD")
+  assert listing(tmp_path / "other") == before

@@ -147,6 +147,7 @@ class StudyConfig:
   shift_samples: int = 2000
   shift_nag: float = 1.0
   bootstrap: int = 200  # KDE bands
+  bf16: tuple[str, ...] = ("none", "cfg", "nag", "both")  # picked settings re-sampled with a bfloat16 model
 
 
 STUDY = StudyConfig()
@@ -156,4 +157,4 @@ STUDY_QUICK = StudyConfig(train_seeds=(0,), num_seeds=2, nag=(1.0,), cfg=(1.5,),
                           sweep_runs=(("sde", 10),),
                           nested_runs=(("sde", 10),), step_runs=(("ode", 10),), step_seeds=2, step_nag=(1.0,),
                           weak_steps=50, ip_gamma=0.0, peers_alone=False, autoguidance=(1.5,), tsg=(1.0,), gphi_steps=0,
-                          shift_samples=64, bootstrap=20)
+                          shift_samples=64, bootstrap=20, bf16=("both",))

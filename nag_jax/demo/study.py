@@ -24,6 +24,7 @@ from nag_jax.demo import experiment, models, study_report
 from nag_jax.demo.config import DemoConfig, StudyConfig, run_name, sampler_config
 from nag_jax.demo.study_cells import Cell, best, interval_cells, peer_cells, rows_per_step, sweep_cells
 from nag_jax.demo.study_stats import shift_summary
+from nag_jax.errors import UserError
 from nag_jax.evaluation import shift_analysis
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.sampling.pipeline import build_sampler
@@ -81,6 +82,7 @@ class Scorer:
       if all((ts, i) in done for i in range(num_seeds)):
         continue
       config, params = self.trained.get(cell.model, ts)
+      config = dataclasses.replace(config, dtype=cell.dtype)
       parent_config, parent_params = self.trained.get("weak", ts) if cell.weak else (None, None)
       g = dataclasses.replace(cell.guidance, pseudo_level=self.dc.pseudo_level)
       spec = (config, sampler_config(*run), g, parent_config)
@@ -107,9 +109,11 @@ class Study:
     self.scorer: Scorer | None = None
     self.after = None  # called after every scored cell (saves partial results and the report so far)
 
-  def run_cells(self, phase: str, run: tuple[str, int], cells: list[Cell], train_seeds, num_seeds) -> None:
-    """Scores the cells' missing (training seed, sampling seed) runs at `run` (a cell keeps its first phase)."""
-    store = self.results["cells"].setdefault(run_name(*run), {})
+  def run_cells(self, phase: str, run: tuple[str, int], cells: list[Cell], train_seeds, num_seeds,
+                section: str = "cells") -> None:
+    """Scores the cells' missing (training seed, sampling seed) runs at `run` into results[section] (a cell keeps
+    its first phase)."""
+    store = self.results.setdefault(section, {}).setdefault(run_name(*run), {})
     for c in cells:
       old = store.get(c.name)
       before = len(old["runs"]) if old else 0
@@ -144,6 +148,9 @@ class Study:
     out += [("steps", r, self.step_cells(s_best, w_best, True), seeds[:1], sc.step_seeds)
             for r in sc.step_runs if r[1] > 100]
     out += [("sweep", r, sweep_cells(sc, r in sc.nested_runs), seeds[:1], sc.num_seeds) for r in sc.sweep_runs[1:]]
+    picked = {"none": refs[0], "cfg": refs[1], "nag": refs[2], "both": both}
+    out.append(("bfloat16", first, [dataclasses.replace(picked[k], dtype="bfloat16") for k in sc.bf16],
+                seeds[:1], sc.num_seeds))
     return out
 
   def run(self, report=None) -> dict:
@@ -160,7 +167,7 @@ class Study:
       # a field added to StudyConfig since that run counts as its default value there
       defaults = json.loads(json.dumps(dataclasses.asdict(StudyConfig())))
       if {**defaults, **old.get("config", {})} == now and old.get("num_samples") == dc.num_samples:
-        self.results.update({k: old[k] for k in ("cells", "labels", "rows") if k in old})
+        self.results.update({k: old[k] for k in ("cells", "bfloat16", "labels", "rows") if k in old})
     images, labels = digits_arrays(dc.image_size)
     timer = experiment.Timer()
     self.after = lambda: self.save(timer, report)
@@ -172,6 +179,7 @@ class Study:
     short = [r for r in sc.step_runs if r[1] <= 100]
     with tqdm.tqdm(unit="run", disable=not self.progress, leave=False) as bar:
       self.scorer = Scorer(dc, self.trained, evaluator, bar)
+      self.check_resumed(partial, sweep["none"], first)
       main = self.results["cells"].setdefault(run_name(*first), {})
       with timer(f"unguided and CFG {run_name(*first)}"):
         self.run_cells("sweep", first, [sweep["none"]] + [sweep[f"cfg{s:g}"] for s in sc.cfg], seed0, sc.num_seeds)
@@ -202,11 +210,24 @@ class Study:
           if phase == "noise shift":
             self.results["noise_shift"] = self.noise_shift()
             self.after()
-          else:
-            self.run_cells(phase, run, cells, seeds, n)
+          else:  # bfloat16 results apart: every other part of the report reads float32 cells only
+            self.run_cells(phase, run, cells, seeds, n, "bfloat16" if phase == "bfloat16" else "cells")
     self.after = None
     self.save(timer)
     return self.results
+
+  def check_resumed(self, partial: pathlib.Path, cell: Cell, run: tuple[str, int]) -> None:
+    """Re-scores the first sampling seed of a resumed `cell`; other numerics (another CPU, XLA or jax) give other
+    numbers, and mixing them would bias the paired differences, so a mismatch is an error."""
+    old = self.results["cells"].get(run_name(*run), {}).get(cell.name)
+    if not old:
+      return
+    ts = old["runs"][0][0]
+    was, now = old["fd"][old["runs"].index([ts, 0])], self.scorer(cell, run, (ts,), 1)["fd"][0]
+    if not np.isclose(now, was, rtol=1e-6, atol=0):
+      raise UserError(f"{partial} was computed with other numerics ({cell.label} {run_name(*run)} FD {was:.6g} "
+                      f"there, {now:.6g} here: another CPU, jax or XLA); move it away to start over, or resume "
+                      "where it was made")
 
   def save(self, timer: experiment.Timer, report=None) -> None:
     """Writes the results so far to study/partial.json and, with `report`, the report of what is done."""

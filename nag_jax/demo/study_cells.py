@@ -18,6 +18,7 @@ class Cell:
   guidance: GuidanceConfig
   model: str = "main"      # main | ip
   weak: bool = False       # autoguidance's bad model as the second params tree
+  dtype: str = "float32"   # the model's compute dtype (ModelConfig.dtype)
 
 
 def rows_per_step(g: GuidanceConfig, weak: bool) -> int:

@@ -161,6 +161,19 @@ def peer_table(results: dict, run: str) -> str:
   return _table(["method", "FD", "Δ FD vs reference (paired)", "precision", "recall", "model rows/step"], rows)
 
 
+def bf16_table(results: dict) -> str:
+  """bfloat16 against float32 sampling of the same model on the same runs, and float32's own spread over seeds."""
+  rows = []
+  for run, cells in results["bfloat16"].items():
+    for n, c in cells.items():
+      f32 = results["cells"][run][n]
+      d, sd = paired(c, f32), float(np.std(f32["fd"], ddof=1))
+      rows.append([run, results["labels"][n], ci(f32["fd"]), ci(c["fd"]), diff_text(d, float(np.mean(f32["fd"]))),
+                   f"{sd:.2f}", "yes" if abs(np.mean(d)) <= sd else "no"])
+  return _table(["sampler", "setting", "FD float32", "FD bfloat16", "Δ FD bf16 − f32 (paired)",
+                 "float32 SD over seeds", "Δ within the SD"], rows)
+
+
 def shift_table(shift: dict) -> tuple[str, list[str]]:
   """Per level: g_phi's forward bias, shifts vs forward, NAG's reduction (all ± 95%), and a verdict."""
   p = shift["per_level"]
@@ -220,6 +233,10 @@ def _sections(results: dict, sc: StudyConfig, out: pathlib.Path) -> tuple[list[s
               f"on top of the best CFG (reference CFG {best['cfg']:g}; CFG-Zero* and APG replace CFG's update at the "
               "same scale). Model rows per step count every row of the one batched call (autoguidance's weak model "
               "as one row).", "", peer_table(results, main), ""]
+  if results.get("bfloat16"):
+    lines += ["## bfloat16 sampling", "", "The same trained model sampled with `ModelConfig.dtype = \"bfloat16\"` "
+              "(every dot's operands in bf16, accumulated in float32; biases, norms, softmax, the sampler state and "
+              "the guidance algebra in float32) on the float32 settings' runs.", "", bf16_table(results), ""]
   nag_text = f"best NAG alone {best['nag']:g}" if "nag" in best else "NAG alone not finished"
   lines += ["## Weight sweep", "", f"Best CFG alone {best['cfg']:g}, {nag_text} (lowest mean FD at {main}, first "
             "training seed).", ""]
