@@ -140,8 +140,9 @@ def test_study_resumes_only_results_it_reproduces(quick_study, tmp_path, capsys)
     partial["cells"]["SDE 10"]["none"]["fd"][0] *= tamper
     (tmp_path / name / "study" / "partial.json").write_text(json.dumps(partial))
   assert main(["--study", "--quick", "--no-progress", "--out", str(tmp_path / "same")]) == 0
-  assert json.loads((tmp_path / "same" / "study" / "results.json").read_text())["cells"] == json.loads(
-      (out / "study" / "results.json").read_text())["cells"]
+  resumed, first = (json.loads((o / "study" / "results.json").read_text()) for o in (tmp_path / "same", out))
+  assert resumed["cells"] == first["cells"] and resumed["total"]["sessions"] == 2
+  assert resumed["total"]["wall_s"] > first["total"]["wall_s"] and resumed["timing"].keys() == first["timing"].keys()
   capsys.readouterr()
   before = listing(tmp_path / "other")
   code = main(["--study", "--quick", "--no-progress", "--out", str(tmp_path / "other")])

@@ -108,6 +108,7 @@ class Study:
                                     "config": dataclasses.asdict(sc)}
     self.scorer: Scorer | None = None
     self.after = None  # called after every scored cell (saves partial results and the report so far)
+    self.earlier_timing: dict[str, dict] = {}  # stage times of the runs this one resumed
 
   def run_cells(self, phase: str, run: tuple[str, int], cells: list[Cell], train_seeds, num_seeds,
                 section: str = "cells") -> None:
@@ -168,6 +169,8 @@ class Study:
       defaults = json.loads(json.dumps(dataclasses.asdict(StudyConfig())))
       if {**defaults, **old.get("config", {})} == now and old.get("num_samples") == dc.num_samples:
         self.results.update({k: old[k] for k in ("cells", "bfloat16", "labels", "rows") if k in old})
+        self.results["earlier"] = old.get("earlier", []) + ([old["total"]] if "total" in old else [])
+        self.earlier_timing = old.get("timing", {})
     images, labels = digits_arrays(dc.image_size)
     timer = experiment.Timer()
     self.after = lambda: self.save(timer, report)
@@ -231,7 +234,9 @@ class Study:
 
   def save(self, timer: experiment.Timer, report=None) -> None:
     """Writes the results so far to study/partial.json and, with `report`, the report of what is done."""
-    self.results["timing"] = dict(timer.stages)
+    both = (self.earlier_timing, timer.stages)
+    self.results["timing"] = {k: {m: sum(t.get(k, {}).get(m, 0.0) for t in both) for m in ("wall_s", "cpu_s")}
+                              for k in {**self.earlier_timing, **timer.stages}}
     self.results["models"] = {"reused": self.trained.reused, "losses": self.trained.losses}
     (self.out / "study" / "partial.json").write_text(json.dumps(self.results))
     if report is not None and "best" in self.results:
@@ -267,7 +272,10 @@ def run_study(dc: DemoConfig, sc: StudyConfig, out: pathlib.Path, command: str, 
   (out / "study").mkdir(parents=True, exist_ok=True)
 
   def report(results: dict, done: bool = False) -> str:
-    results["total"] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "complete": done}
+    earlier = results.get("earlier", [])  # the runs this one resumed (their wall and CPU time count too)
+    results["total"] = {"wall_s": time.perf_counter() - wall + sum(e["wall_s"] for e in earlier),
+                        "cpu_s": time.process_time() - cpu + sum(e["cpu_s"] for e in earlier), "complete": done,
+                        "sessions": len(earlier) + 1}
     results["machine"] = {"cpus": os.cpu_count(), "load_avg_start": load, "load_avg": os.getloadavg()[0]}
     return study_report.write(out / "study", results, sc, command)
   return report(Study(dc, sc, out, progress).run(report), done=True)

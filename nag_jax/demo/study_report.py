@@ -262,10 +262,11 @@ def write(out: pathlib.Path, results: dict, sc: StudyConfig, command: str) -> st
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps(results, indent=1))
   t, machine = results["total"], results["machine"]
+  runs = f" in {t['sessions']} runs (each resuming the last)" if t.get("sessions", 1) > 1 else ""
   status = "complete" if t.get("complete") else "PARTIAL (still running or cut short; phases so far: " + ", ".join(
       results["timing"]) + ")"
   lines = ["# NAG study: weights, NAG on top of CFG, intervals, step counts, peers, noise shift", "",
-           f"`{command}`: {status}; {t['wall_s'] / 60:.1f} min wall, {t['cpu_s'] / 60:.1f} min CPU on "
+           f"`{command}`: {status}; {t['wall_s'] / 60:.1f} min wall, {t['cpu_s'] / 60:.1f} min CPU{runs} on "
            f"{machine['cpus']} cores (load average {machine['load_avg_start']:.2f} at the start, "
            f"{machine['load_avg']:.2f} now).", "",
            "Intervals: two-sided 95% Student-t over the runs (training seed × sampling seed) of a setting; Δ are "
