@@ -4,6 +4,7 @@ The pins (tests/data/sampler_pins.npz, written by `python tests/sampler_pins.py`
 refactor) hold each case's jaxpr equation count and output; a refactor of guidance, sampling or the
 process layer must leave both unchanged. The counts were re-pinned once, outputs bit-identical, when the
 denoiser stopped building the unused pseudo-level input of programs without NAG (1 to 3 equations fewer).
+Outputs hold to 1e-6 (relative, and of the max), the adaptive dopri5 solve to its own rtol.
 """
 import numpy as np
 import pytest
@@ -31,4 +32,7 @@ def test_sampler_program_and_output_are_unchanged(measured, pinned, name):
   assert int(measured[f"{name}/eqns"]) == int(pinned[f"{name}/eqns"])
   out, ref = measured[f"{name}/out"], pinned[f"{name}/out"]
   assert np.isfinite(ref).all() and np.abs(ref).max() > 0
-  np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+  # dopri5's step-size controller turns the CPU's rounding (AVX2 vs AVX-512 XLA kernels: 5e-5 of the max apart)
+  # into other accepted steps, so its pin holds to the solver's own rtol; the fixed-step samplers hold to 1e-6.
+  tol = sampler_pins.SAMPLERS[("sit", "dopri5")].rtol if "/dopri5/" in name else 1e-6
+  np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())

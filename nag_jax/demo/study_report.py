@@ -157,8 +157,9 @@ def peer_table(results: dict, run: str) -> str:
         continue
       c = cells[n]
       rows.append([results["labels"][n], ci(c["fd"]), "—" if n == ref else diff_text(paired(c, cells[ref]), base),
-                   ci(c["precision"]), ci(c["recall"]), str(results["rows"][n])])
-  return _table(["method", "FD", "Δ FD vs reference (paired)", "precision", "recall", "model rows/step"], rows)
+                   ci(c["precision"]), ci(c["recall"]), str(results["rows"][n]), str(len(c["runs"]))])
+  return _table(["method", "FD", "Δ FD vs reference (paired)", "precision", "recall", "model rows/step", "runs"],
+                rows)
 
 
 def bf16_table(results: dict) -> str:
@@ -232,7 +233,9 @@ def _sections(results: dict, sc: StudyConfig, out: pathlib.Path) -> tuple[list[s
     lines += ["## NAG beside its peers", "", f"{main}, on the same runs. Top: alone (reference unguided); bottom: "
               f"on top of the best CFG (reference CFG {best['cfg']:g}; CFG-Zero* and APG replace CFG's update at the "
               "same scale). Model rows per step count every row of the one batched call (autoguidance's weak model "
-              "as one row).", "", peer_table(results, main), ""]
+              "as one row). Δ is paired on the runs a row shares with its reference; peers with their own models "
+              "(autoguidance, Input Perturbation) and the references also ran on the other training seed(s), "
+              "hence their larger run counts.", "", peer_table(results, main), ""]
   if results.get("bfloat16"):
     lines += ["## bfloat16 sampling", "", "The same trained model sampled with `ModelConfig.dtype = \"bfloat16\"` "
               "(every dot's operands in bf16, accumulated in float32; biases, norms, softmax, the sampler state and "
