@@ -169,7 +169,7 @@ class Study:
       defaults = json.loads(json.dumps(dataclasses.asdict(StudyConfig())))
       if {**defaults, **old.get("config", {})} == now and old.get("num_samples") == dc.num_samples:
         self.results.update({k: old[k] for k in ("cells", "bfloat16", "labels", "rows", "noise_shift") if k in old})
-        self.results["earlier"] = old.get("earlier", []) + ([old["total"]] if "total" in old else [])
+        self.results["resumed"] = old.get("total", old.get("resumed"))  # cumulative time of the runs before
         self.earlier_timing = old.get("timing", {})
     images, labels = digits_arrays(dc.image_size)
     timer = experiment.Timer()
@@ -186,7 +186,7 @@ class Study:
       main = self.results["cells"].setdefault(run_name(*first), {})
       with timer(f"unguided and CFG {run_name(*first)}"):
         self.run_cells("sweep", first, [sweep["none"]] + [sweep[f"cfg{s:g}"] for s in sc.cfg], seed0, sc.num_seeds)
-      s_best = float(best(main, [f"cfg{s:g}" for s in sc.cfg])[3:])
+      s_best = float(best(main, [f"cfg{s:g}" for s in sc.cfg], seed0[0])[3:])
       self.results["best"] = {"cfg": s_best}
       with timer(f"first NAG and NAG + CFG {s_best:g} {run_name(*first)}"):  # the two claims' first answers
         cells = [sweep[f"nag{w:g}"] for w in sc.step_nag if f"nag{w:g}" in sweep]
@@ -197,7 +197,7 @@ class Study:
           self.run_cells("steps", short[0], self.step_cells(s_best, sc.step_nag[0], False), seed0, sc.step_seeds)
       with timer(f"NAG alone {run_name(*first)}"):
         self.run_cells("sweep", first, [sweep[f"nag{w:g}"] for w in sc.nag], seed0, sc.num_seeds)
-      w_best = float(best(main, [f"nag{w:g}" for w in sc.nag])[3:])
+      w_best = float(best(main, [f"nag{w:g}" for w in sc.nag], seed0[0])[3:])
       self.results["best"]["nag"] = w_best
       for run in short[1:]:
         with timer(f"steps {run_name(*run)}"):
@@ -206,7 +206,7 @@ class Study:
         grid = sorted((c for c in sweep.values() if "+" in c.name),
                       key=lambda c: (c.guidance.nag_form != "three_branch", c.guidance.nag_scale))
         self.run_cells("sweep", first, grid, seed0, sc.num_seeds)
-      both_best = best(main, [n for n in main if n.startswith("cfg") and "+nag" in n])
+      both_best = best(main, [n for n in main if n.startswith("cfg") and "+nag" in n], seed0[0])
       self.results["best"]["both"] = both_best
       for phase, run, cells, seeds, n in self.phases(s_best, w_best, both_best):
         with timer(f"{phase} {run_name(*run)}" if cells else phase):
@@ -273,10 +273,9 @@ def run_study(dc: DemoConfig, sc: StudyConfig, out: pathlib.Path, command: str, 
   (out / "study").mkdir(parents=True, exist_ok=True)
 
   def report(results: dict, done: bool = False) -> str:
-    earlier = results.get("earlier", [])  # the runs this one resumed (their wall and CPU time count too)
-    results["total"] = {"wall_s": time.perf_counter() - wall + sum(e["wall_s"] for e in earlier),
-                        "cpu_s": time.process_time() - cpu + sum(e["cpu_s"] for e in earlier), "complete": done,
-                        "sessions": len(earlier) + 1}
+    before = results.get("resumed") or {"wall_s": 0.0, "cpu_s": 0.0, "sessions": 0}  # the runs this one resumed
+    results["total"] = {"wall_s": time.perf_counter() - wall + before["wall_s"], "complete": done,
+                        "cpu_s": time.process_time() - cpu + before["cpu_s"], "sessions": before.get("sessions", 1) + 1}
     results["machine"] = {"cpus": os.cpu_count(), "load_avg_start": load, "load_avg": os.getloadavg()[0]}
     return study_report.write(out / "study", results, sc, command)
   return report(Study(dc, sc, out, progress).run(report), done=True)

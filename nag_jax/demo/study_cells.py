@@ -73,6 +73,9 @@ def peer_cells(sc: StudyConfig, cfg_scale: float) -> list[Cell]:
   return cells
 
 
-def best(results: dict, names: list[str]) -> str:
-  """The name with the lowest mean FD among `names` (present in `results`)."""
-  return min((n for n in names if n in results), key=lambda n: np.mean(results[n]["fd"]))
+def best(results: dict, names: list[str], train_seed: int) -> str:
+  """The name with the lowest mean FD among `names` (present in `results`) on the runs of `train_seed` only, so
+  that the pick does not move when later phases add other training seeds' runs (a resumed study picks again)."""
+  def mean(n):
+    return np.mean([v for r, v in zip(results[n]["runs"], results[n]["fd"]) if r[0] == train_seed])
+  return min((n for n in names if n in results), key=mean)

@@ -229,7 +229,7 @@ def _sections(results: dict, sc: StudyConfig, out: pathlib.Path) -> tuple[list[s
               shift_md, "", f"![shift curves]({curves})", "", f"![densities]({kde})", ""]
     said += [f"noise shift at ν = {lv:.3f}: NAG {v}" for lv, v in zip(shift["per_level"]["level"], verdicts)]
   cells = cells_by_run[main]
-  if any(c["phase"] == "peers" for c in cells.values()):
+  if "nag" in best and any(c["phase"] == "peers" for c in cells.values()):
     lines += ["## NAG beside its peers", "", f"{main}, on the same runs. Top: alone (reference unguided); bottom: "
               f"on top of the best CFG (reference CFG {best['cfg']:g}; CFG-Zero* and APG replace CFG's update at the "
               "same scale). Model rows per step count every row of the one batched call (autoguidance's weak model "
