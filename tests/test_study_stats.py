@@ -2,7 +2,7 @@
 import numpy as np
 import scipy.stats
 
-from nag_jax.demo.study_cells import rows_per_step
+from nag_jax.demo.study_cells import best, rows_per_step
 from nag_jax.demo.study_stats import t_interval, welch_interval
 from nag_jax.demo.study_report import paired
 from nag_jax.guidance import GuidanceConfig
@@ -25,6 +25,14 @@ def test_paired_matches_runs_not_positions():
   b = {"runs": [[1, 0], [0, 0]], "fd": [1.0, 2.0]}
   np.testing.assert_array_equal(paired(a, b), [3.0, 6.0])
   np.testing.assert_array_equal(paired(a, b, runs={(1, 0)}), [6.0])
+
+
+def test_best_picks_on_its_training_seed_only():
+  """Another training seed's runs, added later (held-out re-tests), must not move the pick."""
+  cells = {"cfg1.25": {"runs": [[0, 0], [0, 1], [1, 0], [1, 1]], "fd": [10.0, 12.0, 30.0, 30.0]},
+           "cfg1.5": {"runs": [[0, 0], [0, 1]], "fd": [11.5, 11.0]}}
+  assert best(cells, ["cfg1.25", "cfg1.5", "cfg2"], 0) == "cfg1.25"  # 11.0 < 11.25 on seed 0
+  assert min(cells, key=lambda n: np.mean(cells[n]["fd"])) == "cfg1.5"  # what every run would pick
 
 
 def test_rows_per_step_counts_the_batched_branches():
