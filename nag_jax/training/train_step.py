@@ -14,8 +14,6 @@ from nag_jax.training.objectives import Objective
 from nag_jax.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
-# XLA:CPU's fusion pass makes the DiT backward quadratic in depth; the train step compiles without it on CPU.
-CPU_TRAIN_OPTIONS = {"xla_disable_hlo_passes": "fusion"}
 
 
 def train_step(state: TrainState, batch: Batch, *, objective: Objective, accumulation_steps: int = 1,
@@ -60,25 +58,15 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective, accumul
   return new_state, metrics
 
 
-def jit_train_step(state_shardings: Any, mesh: Mesh, *, image_ndim: int = 4, platform_options: bool = True,
+def jit_train_step(state_shardings: Any, mesh: Mesh, *, image_ndim: int = 4,
+                   compiler_options: dict[str, str] | None = None,
                    **step_kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """`train_step` jitted with explicit shardings (state as given, batch over data x fsdp), state donated.
 
-  `platform_options` applies `compiler_options(mesh)` (off only to measure what they gain).
+  `compiler_options` go to XLA unchanged (benchmarks/train.py uses them to compare XLA:CPU's fusion pass off).
   """
   batch_shardings = {"x": batch_sharding(mesh, image_ndim), "y": batch_sharding(mesh, 1)}
   return jax.jit(functools.partial(train_step, **step_kwargs),
                  in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0,
-                 compiler_options=compiler_options(mesh) if platform_options else None)
-
-
-def compiler_options(mesh: Mesh) -> dict[str, str] | None:
-  """XLA options for the train step on this mesh's platform: none, except on CPU (see below).
-
-  XLA:CPU's fusion pass makes the DiT backward recompute later blocks' gradient chains, quadratic in
-  depth; without it the DiT-S/2 step runs 1.8x faster (README, "Benchmarks"). Set per function, so no
-  user flag is needed and nothing else compiled in the process is affected.
-  """
-  return CPU_TRAIN_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
-
+                 compiler_options=compiler_options)
