@@ -85,7 +85,8 @@ def run(model: str, batch_size: int, repeats: int, dtype: str) -> tuple[list[tup
            "y": rng.integers(0, mc.num_classes, batch_size).astype(np.int32)}
   default, flops = jax_step(model, batch, dtype, None)
   fusion_off, _ = jax_step(model, batch, dtype, FUSION_OFF)
-  commands = {"nag_jax": default, "nag_jax, XLA fusion pass off": fusion_off, "torch reference": torch_step(model, batch)}
+  commands = {"nag_jax": default, "nag_jax, XLA fusion pass off": fusion_off,
+              "torch reference": torch_step(model, batch)}
   mm, mm_flops = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32)
   times = {k: [] for k in commands}
   mm_times, loads = [], []
