@@ -1,22 +1,41 @@
 """Shared benchmark helpers: wall-clock timing of jitted calls and the machine's measured matmul rate."""
 from __future__ import annotations
 
+import os
+import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 
 def time_call(fn: Callable, *args, repeats: int = 3) -> float:
-  """Best wall time in seconds of `fn(*args)` after one warm-up call (compile excluded)."""
+  """Median wall time in seconds of `repeats` calls of `fn(*args)` after one warm-up call (compile excluded)."""
   jax.block_until_ready(fn(*args))
-  best = float("inf")
+  times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t0)
-  return best
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def alternated(calls: dict[Any, Callable[[], object]], repeats: int) -> tuple[dict[Any, float], list[float]]:
+  """Median wall seconds of each call over `repeats` rounds that run every call once, in turn (after one
+  warm-up call each), and the 1-minute load average at the start of each round: alternating the commands
+  exposes them to the same load on a shared machine."""
+  for fn in calls.values():
+    jax.block_until_ready(fn())
+  times: dict[Any, list[float]] = {k: [] for k in calls}
+  loads = []
+  for _ in range(repeats):
+    loads.append(os.getloadavg()[0])
+    for k, fn in calls.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}, loads
 
 
 def matmul_flops_per_s(n: int = 2048, dtype=jnp.float32) -> float:

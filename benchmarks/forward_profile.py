@@ -11,8 +11,6 @@ final layer, copies). A part that grows faster than the rows is what makes per-r
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model, wall_time
+from benchmarks.common import alternated
+from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model
 from nag_jax.checkpoints.dit_convert import torch_to_flax
 from nag_jax.models import DiT, get_model_config
 
@@ -59,20 +58,12 @@ def cases(name: str, rows: int, dtype: str) -> dict[tuple[str, str], tuple]:
 def run_profile(name: str, row_counts: list[int], repeats: int, dtype: str) -> tuple[list[dict], list[float]]:
   """Per row count and implementation: ms per row of the forward and of each part (medians), and the loads."""
   timed = {rows: cases(name, rows, dtype) for rows in row_counts}
-  for calls in timed.values():
-    for call, _ in calls.values():
-      wall_time(call)  # compile / warm up
-  times: dict[tuple, list[float]] = {}
-  loads = []
-  for _ in range(repeats):
-    loads.append(os.getloadavg()[0])
-    for rows, calls in timed.items():
-      for (impl, part), (call, count) in calls.items():
-        times.setdefault((rows, impl, part), []).append(wall_time(call) * count)
+  seconds, loads = alternated({(rows, *key): call for rows, calls in timed.items()
+                               for key, (call, _) in calls.items()}, repeats)
   out = []
-  for rows in row_counts:
+  for rows, calls in timed.items():
     for impl in ("torch", "nag_jax"):
-      ms = {p: 1e3 * statistics.median(times[(rows, impl, p)]) / rows for p in ("forward", "attention", "dense")}
+      ms = {p: 1e3 * seconds[(rows, impl, p)] * calls[(impl, p)][1] / rows for p in ("forward", "attention", "dense")}
       out.append(dict(rows=rows, impl=impl, **ms, rest=ms["forward"] - ms["attention"] - ms["dense"]))
   return out, loads
 

@@ -1,6 +1,6 @@
 """Sampler benchmark: images/s and FLOP/s per guidance mode, batched branches vs a per-branch Python loop.
 
-  python benchmarks/sampler.py [--models DiT-S/2,DiT-B/2] [--batch 2] [--steps 10]
+  python -m benchmarks.sampler [--models DiT-S/2,DiT-B/2] [--batch 2] [--steps 10] [--repeats 3]
 
 Prints one table with, per model and guidance: sampler time per step, images/s, achieved GFLOP/s,
 fraction of this machine's measured f32 matmul rate, the same steps as separate per-branch calls in a
@@ -14,7 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import compiled_flops, matmul_flops_per_s, time_call
+from benchmarks.common import alternated, compiled_flops, matmul_flops_per_s
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion, p_sample
 from nag_jax.guidance import GuidanceConfig, combine
 from nag_jax.guidance.denoiser import branch_inputs
@@ -46,7 +46,9 @@ def python_loop_sampler(model, params, g: GuidanceConfig, labels, steps: int):
   return run
 
 
-def bench_model(name: str, batch: int, steps: int, rate: float) -> list[dict]:
+def bench_model(name: str, batch: int, steps: int, rate: float, repeats: int) -> tuple[list[dict], list[float]]:
+  """Per guidance mode: the compiled sampler's step, the per-branch Python loop's step and one forward at 3B
+  rows, all alternated in each of `repeats` rounds (medians); and the load averages of the rounds."""
   config = get_model_config(name, image_size=256)
   model = DiT(config)
   params = jax.jit(lambda k: init_params(config, k))(jax.random.key(0))
@@ -54,20 +56,24 @@ def bench_model(name: str, batch: int, steps: int, rate: float) -> list[dict]:
   x = jax.random.normal(jax.random.key(1), (batch, config.input_size, config.input_size, 4))
   fwd = lambda p, x, t, y: model.apply({"params": p}, x, t, y)
   flops_1 = compiled_flops(fwd, params, x, jnp.zeros(batch), labels) / batch
-  x3 = jnp.concatenate([x] * 3)
-  fwd3 = time_call(jax.jit(fwd), params, x3, jnp.zeros(3 * batch), jnp.concatenate([labels] * 3))
+  x3, t3, y3 = jnp.concatenate([x] * 3), jnp.zeros(3 * batch), jnp.concatenate([labels] * 3)
+  fwd3 = jax.jit(fwd)
+  calls = {"fwd3": lambda: fwd3(params, x3, t3, y3)}
+  for mode, g in MODES.items():
+    sample = build_sampler(config, SamplerConfig(method="ddpm", num_steps=steps), g)
+    loop = python_loop_sampler(model, params, g, labels, steps)
+    calls[(mode, "batched")] = lambda sample=sample: sample(params, jax.random.key(2), labels)["latents"]
+    calls[(mode, "loop")] = lambda loop=loop: loop(x, jax.random.key(3))
+  seconds, loads = alternated(calls, repeats)
   rows = []
   for mode, g in MODES.items():
     k = len(branch_inputs(g, g.active_terms(0.5)))
-    sample = build_sampler(config, SamplerConfig(method="ddpm", num_steps=steps), g)
-    per_step = time_call(lambda: sample(params, jax.random.key(2), labels)["latents"], repeats=2) / steps
-    loop = python_loop_sampler(model, params, g, labels, steps)
-    loop_step = time_call(lambda: loop(x, jax.random.key(3)), repeats=1) / steps
+    per_step, loop_step = seconds[(mode, "batched")] / steps, seconds[(mode, "loop")] / steps
     achieved = k * batch * flops_1 / per_step
     rows.append(dict(model=name, mode=mode, branches=k, step_ms=1e3 * per_step, img_s=batch / (per_step * steps),
                      gflops=achieved / 1e9, of_matmul=achieved / rate, loop_ms=1e3 * loop_step,
-                     vs_fwd3=per_step / fwd3 if mode == "nag_cfg" else float("nan")))
-  return rows
+                     vs_fwd3=per_step / seconds["fwd3"] if mode == "nag_cfg" else float("nan")))
+  return rows, loads
 
 
 def compile_ratio(name: str) -> tuple[float, float]:
@@ -88,10 +94,15 @@ def main() -> None:
   p.add_argument("--models", default="DiT-S/2,DiT-B/2")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args()
   rate = matmul_flops_per_s()
-  print(f"device: {jax.devices()[0].device_kind}; measured f32 matmul (2048^3): {rate / 1e9:.1f} GFLOP/s")
-  rows = [r for m in args.models.split(",") for r in bench_model(m, args.batch, args.steps, rate)]
+  rows, loads = [], []
+  for m in args.models.split(","):
+    model_rows, model_loads = bench_model(m, args.batch, args.steps, rate, args.repeats)
+    rows, loads = rows + model_rows, loads + model_loads
+  print(f"device: {jax.devices()[0].device_kind}; measured f32 matmul (2048^3): {rate / 1e9:.1f} GFLOP/s; medians of "
+        f"{args.repeats} alternated rounds, load average per round: " + ", ".join(f"{v:.2f}" for v in loads))
   print(f"\n{'model':9} {'guidance':8} {'k':>2} {'step ms':>9} {'img/s':>8} {'GFLOP/s':>8} {'of matmul':>9} "
         f"{'py-loop ms':>10} {'step/fwd(3B)':>12}")
   for r in rows:

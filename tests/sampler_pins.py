@@ -51,6 +51,14 @@ FEW = {"ddim": ("none", "nag_cfg", "time_shift"), "sde_heun": ("nag_cfg", "time_
        "ode": ("nag_cfg", "classifier_nag"), "dopri5": ("nag_cfg",)}
 
 
+def tolerance(name: str) -> float:
+  """Relative tolerance of a case's pinned output: 1e-6, or an adaptive ODE solve's own rtol (its step-size
+  controller turns one CPU's rounding into other accepted steps: AVX2 vs AVX-512 land 5e-5 of the max apart)."""
+  family, sampler, _ = name.split("/")
+  s = SAMPLERS[(family, sampler)]
+  return s.rtol if s.method == "ode" and s.ode_method == "dopri5" else 1e-6
+
+
 class StandIn:
   """A fixed network with DiT's call signature: smooth in x, t and y, output channels as the family's."""
 

@@ -32,7 +32,5 @@ def test_sampler_program_and_output_are_unchanged(measured, pinned, name):
   assert int(measured[f"{name}/eqns"]) == int(pinned[f"{name}/eqns"])
   out, ref = measured[f"{name}/out"], pinned[f"{name}/out"]
   assert np.isfinite(ref).all() and np.abs(ref).max() > 0
-  # dopri5's step-size controller turns the CPU's rounding (AVX2 vs AVX-512 XLA kernels: 5e-5 of the max apart)
-  # into other accepted steps, so its pin holds to the solver's own rtol; the fixed-step samplers hold to 1e-6.
-  tol = sampler_pins.SAMPLERS[("sit", "dopri5")].rtol if "/dopri5/" in name else 1e-6
+  tol = sampler_pins.tolerance(name)
   np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())

@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 
 from nag_jax.demo.config import StudyConfig
+from nag_jax.demo.study_cells import best
 from nag_jax.demo.study_plots import fd_pr_plot, shift_plots
 from nag_jax.demo.study_stats import t_interval
 
@@ -47,13 +48,6 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
   return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _best(cells: dict, names, runs: set | None = None) -> str:
-  def mean(n):
-    v = [x for r, x in zip(cells[n]["runs"], cells[n]["fd"]) if runs is None or tuple(r) in runs]
-    return np.mean(v)
-  return min((n for n in names if n in cells), key=mean)
-
-
 def claim_nag_on_cfg(results: dict, run: str) -> dict:
   """Best NAG + CFG against the best CFG alone, both picked on the first training seed's runs, their paired
   FD difference there, and (when other training seeds ran them) the same two on the other seeds' runs."""
@@ -62,7 +56,7 @@ def claim_nag_on_cfg(results: dict, run: str) -> dict:
   grid = [n for n in cells if n.startswith("cfg") and "+nag" in n]
   first = min(r[0] for r in cells["none"]["runs"])
   pick = {tuple(r) for r in cells["none"]["runs"] if r[0] == first}
-  b_cfg, b_both = _best(cells, cfgs, pick), _best(cells, grid, pick)
+  b_cfg, b_both = best(cells, cfgs, first), best(cells, grid, first)
   d = paired(cells[b_both], cells[b_cfg], runs=pick)
   out = {"best_cfg": b_cfg, "best_both": b_both, "diff": d.tolist(), "interval": t_interval(d),
          "base": float(np.mean([v for r, v in zip(cells[b_cfg]["runs"], cells[b_cfg]["fd"]) if tuple(r) in pick]))}
