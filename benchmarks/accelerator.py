@@ -1,6 +1,6 @@
-"""GPU/TPU sampling benchmark: DiT-XL/2 and SiT-XL/2 at 256x256 in bfloat16, NAG+CFG, xla vs cudnn attention.
+"""GPU/TPU sampling benchmark: DiT-XL/2 and SiT-XL/2 at 256x256 in bfloat16, NAG+CFG, by attention backend.
 
-  python -m benchmarks.accelerator [--images 64,256] [--attention xla,cudnn] [--peak-tflops 989]
+  python -m benchmarks.accelerator [--images 64,256] [--attention folded,xla,cudnn] [--peak-tflops 989]
   python -m benchmarks.accelerator --dry     # a tiny model on any device (CPU included): checks the script
 
 For each model, image count and attention backend: the 250-step sampler is compiled (compile seconds
@@ -119,14 +119,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--models", default="DiT-XL/2,SiT-XL/2")
   p.add_argument("--images", default="64,256")
-  p.add_argument("--attention", default="xla,cudnn")
+  p.add_argument("--attention", default="folded,xla,cudnn")
   p.add_argument("--steps", type=int, default=250)
   p.add_argument("--timed-steps", type=int, default=10)
   p.add_argument("--peak-tflops", type=float, default=None, help="chip's dense bf16 peak (default: by device)")
-  p.add_argument("--dry", action="store_true", help="tiny model, 2 images, 4 steps timed over 2, xla attention")
+  p.add_argument("--dry", action="store_true", help="tiny model, 2 images, 4 steps timed over 2, folded attention")
   args = p.parse_args(argv)
   if args.dry:
-    args.images, args.attention, args.steps, args.timed_steps = "2", "xla", 4, 2
+    args.images, args.attention, args.steps, args.timed_steps = "2", "folded", 4, 2
   rows = run(args.models.split(","), [int(i) for i in args.images.split(",")], args.attention.split(","),
              args.steps, args.timed_steps, args.peak_tflops, dry=args.dry)
   print_table(rows, args.steps, args.timed_steps)

@@ -92,6 +92,31 @@ def test_random_configs_match_torch(kw):
   assert np.abs(np.asarray(got) - nhwc(want)).max() < TOL
 
 
+@pytest.mark.parametrize("attention", ["folded", "xla"])
+def test_attention_backends_match_torch_forward_and_gradients(attention):
+  """Each float32 attention core gives torch's outputs and torch autograd's parameter gradients."""
+  ref = random_reference(seed=4, input_size=8, patch_size=2, hidden_size=48, depth=2, num_heads=3, num_classes=5)
+  model, params, config = _convert(state_dict_numpy(ref), num_heads=3)
+  model = DiT(config.replace(attention=attention))
+  rng = np.random.default_rng(3)
+  x, w = (rng.standard_normal(s).astype(np.float32) for s in ((3, 4, 8, 8), (3, 8, 8, 8)))
+  t, y = np.array([3.0, 400.0, 999.0], np.float32), np.array([0, 5, 2])
+  out = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y))
+  (out * torch.from_numpy(w)).sum().backward()
+  grads_sd = {k: v.grad.numpy() for k, v in ref.named_parameters() if k != "pos_embed"}  # pos_embed: fixed
+  want = torch_to_flax({**state_dict_numpy(ref), **grads_sd}, config)
+
+  def loss(p):
+    got = model.apply({"params": p}, nhwc(x), t, y)
+    return jnp.sum(got * nhwc(w)), got
+  grads, got = jax.grad(loss, has_aux=True)(params)
+  assert np.abs(np.asarray(got) - nhwc(out)).max() < TOL
+  flat_want, flat_got = jax.tree.leaves(want), jax.tree.leaves(grads)
+  scale = max(np.abs(g).max() for g in flat_want)
+  assert len(flat_want) == len(flat_got) and scale > 1e-2
+  assert max(float(np.abs(np.asarray(g) - h).max()) for g, h in zip(flat_got, flat_want)) < TOL * scale
+
+
 def test_four_channel_cfg_variant():
   ref = random_reference(seed=2, input_size=8, patch_size=2, hidden_size=32, depth=1, num_heads=2, num_classes=5)
   model, params, _ = _convert(state_dict_numpy(ref), num_heads=2)

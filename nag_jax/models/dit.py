@@ -30,24 +30,37 @@ def norm_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, dtype) -> ja
   return modulate(layer_norm(x.astype(jnp.float32)), shift, scale).astype(dtype)
 
 
-class Attention(nn.Module):
-  """timm Attention: fused qkv (q, k, v thirds, heads contiguous), softmax in float32, projection.
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+  """softmax(q k^T / sqrt(head_dim)) v on (B, T, heads, head_dim) arrays, logits and softmax in float32.
 
-  q, k, v are slices of the qkv output in (B, T, heads, head_dim) layout, which is what
-  `jax.nn.dot_product_attention` takes, so no transpose is materialised; `implementation` picks its backend.
+  "folded" (see config.ATTENTION) runs each product as one dot batched over B * heads and divides by the
+  softmax sum after the value product (one pass fewer over the T x T probabilities); the others are
+  `jax.nn.dot_product_attention` backends.
   """
+  if implementation != "folded":
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  b, t, h, d = q.shape
+  q, k, v = (jnp.transpose(a, (0, 2, 1, 3)).reshape(b * h, t, d) for a in (q * d ** -0.5, k, v))
+  logits = jnp.einsum("nqd,nkd->nqk", q, k, preferred_element_type=jnp.float32)
+  p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+  out = jnp.einsum("nqk,nkd->nqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = out / p.sum(-1, keepdims=True)
+  return jnp.transpose(out.reshape(b, h, t, d), (0, 2, 1, 3)).astype(v.dtype)
+
+
+class Attention(nn.Module):
+  """timm Attention: fused qkv (q, k, v thirds, heads contiguous), the `implementation` core, projection."""
   hidden_size: int
   num_heads: int
   dtype: jnp.dtype = jnp.float32
-  implementation: str = "xla"
+  implementation: str = ModelConfig.attention
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
     qkv = dense(3 * d, ("embed", "heads"), self.dtype, name="qkv")(x)
     qkv = qkv.astype(self.dtype).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                                       implementation=self.implementation)
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.implementation)
     return dense(d, ("heads", "embed"), self.dtype, name="proj")(out.reshape(b, n, d))
 
 
@@ -57,7 +70,7 @@ class DiTBlock(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
-  attention: str = "xla"
+  attention: str = ModelConfig.attention
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
