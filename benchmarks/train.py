@@ -2,12 +2,13 @@
 
   python -m benchmarks.train [--model DiT-S/2] [--batch 16] [--repeats 3] [--dtype float32]
 
-Times nag_jax's jitted train step as a user gets it (`jit_train_step`), the same step compiled with
-XLA's fusion pass off (the CPU default of earlier versions), and the official model
+Times nag_jax's jitted train step as a user gets it (`jit_train_step`, the default attention core), the
+same step with the "xla" attention core, the step compiled with XLA's fusion pass off (the CPU default
+of earlier versions), and the official model
 (tests/reference, SDPA attention) doing forward, MSE on its full output, backward and AdamW, all at
 one batch. FLOPs per step come from XLA's cost analysis of the compiled step; "of matmul" = achieved
 FLOP/s / XLA's float32 rate at the model's own matmul shapes at this batch, measured in the same run.
-Each figure is the median of `--repeats`, the three commands alternated within each repetition.
+Each figure is the median of `--repeats`, the commands alternated within each repetition.
 """
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ from nag_jax.training.init_state import state_initializer
 FUSION_OFF = {"xla_disable_hlo_passes": "fusion"}  # the CPU default of earlier versions (see the README)
 
 
-def jax_step(model: str, batch: dict, dtype: str, compiler_options: dict | None):
+def jax_step(model: str, batch: dict, dtype: str, compiler_options: dict | None, **model_overrides):
   """(call advancing its own state one step, XLA FLOPs per step) for the nag_jax train step."""
   config = get_base_config()
-  config.model = model_fields(model, image_size=256, dtype=dtype)
+  config.model = model_fields(model, image_size=256, dtype=dtype, **model_overrides)
   config.global_batch_size = batch["x"].shape[0]
   mesh = make_mesh({"data": -1})
   mc = model_config_of(config)
@@ -84,8 +85,9 @@ def run(model: str, batch_size: int, repeats: int, dtype: str) -> tuple[list[tup
   batch = {"x": rng.normal(size=(batch_size, mc.input_size, mc.input_size, mc.in_channels)).astype(np.float32),
            "y": rng.integers(0, mc.num_classes, batch_size).astype(np.int32)}
   default, flops = jax_step(model, batch, dtype, None)
+  xla_attention, _ = jax_step(model, batch, dtype, None, attention="xla")
   fusion_off, _ = jax_step(model, batch, dtype, FUSION_OFF)
-  commands = {"nag_jax": default, "nag_jax, XLA fusion pass off": fusion_off,
+  commands = {"nag_jax": default, "nag_jax, xla attention": xla_attention, "nag_jax, XLA fusion pass off": fusion_off,
               "torch reference": torch_step(model, batch)}
   mm, mm_flops = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32)
   times = {k: [] for k in commands}
