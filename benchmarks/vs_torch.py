@@ -7,8 +7,10 @@ DiT-S/2 DDPM + CFG (official `p_sample_loop` over `forward_with_cfg`) and SiT-S/
 random non-zero weights in both. The torch reference is tests/reference/official_dit.py with attention
 through F.scaled_dot_product_attention as timm does upstream; it runs in float32. A "model row" is one
 image row of one model call (CFG doubles the rows), so rows/s compares the forward speed whatever the
-loop calls. "of matmul" = achieved FLOP/s (XLA's count of one forward) / XLA's own matmul rate at the
-model's matmul shapes and dtype, measured in the same run. Every measurement is the median of
+loop calls. nag_jax runs each step's rows in the sampler's default passes (`rows_per_pass`: 8 DiT-S/2
+rows at a time on one CPU device); "nag_jax one pass" runs them all at once. "of matmul" = achieved
+FLOP/s (XLA's count of one forward) / XLA's own matmul rate at the model's matmul shapes and dtype,
+measured in the same run. Every measurement is the median of
 `--repeats`, the commands alternated within each repetition; the load average is printed with them.
 """
 from __future__ import annotations
@@ -124,7 +126,7 @@ def matmul_rate_fn(shapes: list[tuple[int, int, int]], dtype) -> tuple[Callable[
 
 
 def build_cases(name: str, rows: int, steps: int, dtypes: list[str]) -> list[dict]:
-  """One dict per command to time: torch f32 and nag_jax per dtype, with its model rows per call."""
+  """One dict per command to time: torch f32, nag_jax per dtype and f32 in one pass, with model rows per call."""
   base = get_model_config(name, image_size=256)
   tmodel = torch_model(base)
   params = torch_to_flax({k: v.numpy() for k, v in tmodel.state_dict().items()}, base)
@@ -143,16 +145,20 @@ def build_cases(name: str, rows: int, steps: int, dtypes: list[str]) -> list[dic
                 model_rows=rows * steps * (2 if sit else 1))]
   labels = jnp.asarray(y.numpy(), jnp.int32)
   x = jnp.zeros((rows, base.input_size, base.input_size, 4))
-  for dtype in dtypes:
+  variants = [("nag_jax", dtype, 0) for dtype in dtypes]
+  if "float32" in dtypes:  # every row of a step in one forward pass instead of rows_per_pass's passes
+    variants.append(("nag_jax one pass", "float32", rows))
+  for impl, dtype, row_chunk in variants:
     config = base.replace(dtype=dtype)
-    sampler = SamplerConfig(method="sde" if sit else "ddpm", num_steps=steps, last_step_size=LAST_STEP_SIZE)
+    sampler = SamplerConfig(method="sde" if sit else "ddpm", num_steps=steps, last_step_size=LAST_STEP_SIZE,
+                            row_chunk=row_chunk)
     sample = build_sampler(config, sampler, GuidanceConfig(cfg_scale=CFG_SCALE))
     nfe = int(sample(params, jax.random.key(1), labels)["nfe"])  # compiles
     call = lambda sample=sample: sample(params, jax.random.key(1), labels)["latents"]
     model = DiT(config)
     flops = compiled_flops(lambda p, x, t, yy: model.apply({"params": p}, x, t, yy), params, x,
                            jnp.zeros(rows), jnp.zeros(rows, jnp.int32)) / rows
-    cases.append(dict(model=name, rows=rows, impl="nag_jax", dtype=dtype, fn=call, model_rows=rows * nfe,
+    cases.append(dict(model=name, rows=rows, impl=impl, dtype=dtype, fn=call, model_rows=rows * nfe,
                       flops_per_row=flops))
   torch_call()  # warm-up
   cases[0]["flops_per_row"] = cases[1]["flops_per_row"]

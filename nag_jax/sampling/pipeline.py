@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nag_jax import checks
@@ -19,6 +20,11 @@ from nag_jax.sampling import common
 from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_levels, sample_diffusion
 from nag_jax.sampling.ode_sampler import ODE_SAMPLERS, ode_noise_levels, sample_ode
 from nag_jax.sampling.sde_sampler import SDE_SAMPLERS, sample_sde, sde_noise_levels
+
+
+# One forward pass's MLP activations (rows x tokens x MLP width) on a single CPU device: those of 8 DiT-S/2
+# rows at 256 px (12.6 MB), the fastest pass size measured by benchmarks.vs_torch; larger passes fall out of cache.
+CPU_PASS_ACTIVATIONS = 8 * 256 * 1536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,7 @@ class SamplerConfig:
   atol: float = 1e-6
   rtol: float = 1e-3
   path_type: str = "Linear"
+  row_chunk: int = 0                   # model rows per forward pass; 0 = auto (rows_per_pass)
 
   def validate(self, family: str) -> None:
     """One clear error for a bad choice, before any compute."""
@@ -53,6 +60,38 @@ class SamplerConfig:
       common.check_choice("ODE sampler", self.ode_method, ODE_SAMPLERS)
     if self.method in DIFFUSION_SAMPLERS and self.eta < 0:
       raise ValueError(f"eta must be >= 0, got {self.eta}")
+    if not isinstance(self.row_chunk, int) or self.row_chunk < 0:
+      raise ValueError(f"row_chunk must be an integer >= 0, got {self.row_chunk!r}")
+    if self.row_chunk and jax.device_count() > 1:
+      raise ValueError(f"row_chunk {self.row_chunk} needs a single device (here {jax.device_count()}); "
+                       "with a mesh each device runs its own rows: use row_chunk 0")
+
+
+def rows_per_pass(config: ModelConfig, row_chunk: int) -> int | None:
+  """Model rows per forward pass: `row_chunk` if > 0; for 0, on a single CPU device as many rows as keep the
+  MLP activations at CPU_PASS_ACTIVATIONS, and elsewhere (None) all rows of a step in one pass."""
+  if row_chunk:
+    return row_chunk
+  if jax.default_backend() != "cpu" or jax.device_count() > 1:
+    return None
+  return max(1, CPU_PASS_ACTIVATIONS // (config.num_tokens * int(config.hidden_size * config.mlp_ratio)))
+
+
+def in_passes(apply: Callable, rows: int | None) -> Callable:
+  """apply(p, x, t, y) computed `rows` rows at a time: lax.map over the full passes, one call for the rest."""
+  if rows is None:
+    return apply
+
+  def passes(p, x, t, y):
+    n = x.shape[0]
+    if n <= rows:
+      return apply(p, x, t, y)
+    full = n - n % rows
+    split = lambda a: a[:full].reshape(full // rows, rows, *a.shape[1:])
+    out = jax.lax.map(lambda a: apply(p, *a), (split(x), split(t), split(y)))
+    out = out.reshape(full, *out.shape[2:])
+    return out if full == n else jnp.concatenate([out, apply(p, x[full:], t[full:], y[full:])])
+  return passes
 
 
 def _process(model_config: ModelConfig, s: SamplerConfig) -> process.Process:
@@ -124,7 +163,8 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
   shape = (model_config.input_size, model_config.input_size, model_config.in_channels)
 
   def apply(module):
-    return lambda p, x, t, y: module.apply({"params": p}, x, t, y)
+    rows = rows_per_pass(module.config, sampler.row_chunk)
+    return in_passes(lambda p, x, t, y: module.apply({"params": p}, x, t, y), rows)
 
   def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
     checks.check_labels(labels, model_config.num_classes)
