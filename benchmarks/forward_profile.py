@@ -30,7 +30,7 @@ def cases(name: str, rows: int, dtype: str, attentions: list[str]) -> dict[tuple
   """{(impl, part): (call, times it counts)} for one row count; impl "torch" or "nag_jax <attention backend>"."""
   base = get_model_config(name, image_size=256)
   tmodel = torch_model(base)
-  params = torch_to_flax({k: v.numpy() for k, v in tmodel.state_dict().items()}, base)
+  params = jax.device_put(torch_to_flax({k: v.numpy() for k, v in tmodel.state_dict().items()}, base))
   x = jax.random.normal(jax.random.key(0), (rows, base.input_size, base.input_size, base.in_channels))
   t, y = jnp.full((rows,), 0.5 if base.family == "sit" else 500.0), jnp.arange(rows, dtype=jnp.int32) % 10
   heads, tokens = base.num_heads, base.num_tokens

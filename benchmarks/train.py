@@ -9,6 +9,9 @@ of earlier versions), and the official model
 one batch. FLOPs per step come from XLA's cost analysis of the compiled step; "of matmul" = achieved
 FLOP/s / XLA's float32 rate at the model's own matmul shapes at this batch, measured in the same run.
 Each figure is the median of `--repeats`, the commands alternated within each repetition.
+A second table times the step's matmul-heavy parts alone, forward and backward at its shapes, in
+both: the attention core (`nag_jax.models.dit.attention`'s default against torch's SDPA autograd) and the
+block's four dense layers (x @ W + b and its gradients w.r.t. x, W and b), times depth.
 """
 from __future__ import annotations
 
@@ -20,9 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from benchmarks.common import alternated
 from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model, wall_time
-from nag_jax.models import get_model_config
+from nag_jax.models import ModelConfig, get_model_config
+from nag_jax.models.dit import attention
 from nag_jax.sharding import make_mesh
 from nag_jax.training import create_objective, get_base_config, jit_train_step, model_fields
 from nag_jax.training.config_validation import model_config_of
@@ -77,6 +83,35 @@ def torch_step(model: str, batch: dict):
   return call
 
 
+def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
+  """{(part, impl): (call, times per step)}: attention core and dense layers, forward + backward, alone."""
+  mc = get_model_config(model, image_size=256)
+  head_dim = mc.hidden_size // mc.num_heads
+  q = jax.random.normal(jax.random.key(0), (4, batch_size, mc.num_tokens, mc.num_heads, head_dim))
+  core = jax.jit(jax.grad(lambda q: jnp.sum(attention(q[0], q[1], q[2], ModelConfig.attention) * q[3])))
+  tq = torch.from_numpy(np.array(q)).permute(0, 1, 3, 2, 4).contiguous()
+  shapes = matmul_shapes(mc, batch_size)
+  ops = [[jax.random.normal(jax.random.key(i), s) for s in ((m, k), (k, n), (n,), (m, n))]
+         for i, (m, k, n) in enumerate(shapes)]
+  dense = jax.jit(lambda ops: [jax.vjp(lambda x, w, b: x @ w + b, x, w, b)[1](g) for x, w, b, g in ops])
+  tops = [[torch.from_numpy(np.array(a)) for a in op] for op in ops]
+
+  def torch_core():
+    qkv = tq[:3].clone().requires_grad_()
+    return torch.autograd.grad((F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]) * tq[3]).sum(), qkv)
+
+  def torch_dense():
+    out = []
+    for x, w, b, g in tops:
+      x, w, b = (a.clone().requires_grad_() for a in (x, w, b))
+      out.append(torch.autograd.grad(((x @ w + b) * g).sum(), (x, w, b)))
+    return out
+  return {("attention core", "nag_jax"): (lambda: core(q), mc.depth),
+          ("attention core", "torch"): (torch_core, mc.depth),
+          ("dense layers", "nag_jax"): (lambda: dense(ops), mc.depth),
+          ("dense layers", "torch"): (torch_dense, mc.depth)}
+
+
 def run(model: str, batch_size: int, repeats: int, dtype: str) -> tuple[list[tuple], list[float], float]:
   """Median seconds per step of each command, alternated: table rows, load averages, the matmul rate."""
   jax.config.update("jax_threefry_partitionable", True)
@@ -113,6 +148,8 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   args = p.parse_args()
+  parts = backward_parts(args.model, args.batch)
+  part_times, part_loads = alternated({k: fn for k, (fn, _) in parts.items()}, args.repeats)
   rows, loads, rate = run(args.model, args.batch, args.repeats, args.dtype)
   print(f"device: {jax.devices()[0].device_kind}; {args.model}, batch {args.batch}, {args.dtype}; "
         f"XLA f32 matmul at the model's shapes {rate / 1e9:.0f} GFLOP/s; load average per repetition: "
@@ -121,6 +158,13 @@ def main() -> None:
   print("|---|---|---|---|---|")
   for name, sec, per, ratio, frac in rows:
     print(f"| {name} | {sec:.2f} | {per:.3f} | {ratio:.2f}x | {frac:.0%} |")
+  print("\nforward + backward of the step's parts alone, float32, ms per step; load average per repetition: "
+        + ", ".join(f"{v:.2f}" for v in part_loads))
+  print("\n| part | nag_jax | torch | nag_jax time / torch's |")
+  print("|---|---|---|---|")
+  for part in dict.fromkeys(k[0] for k in parts):
+    ms = {impl: 1e3 * part_times[(part, impl)] * parts[(part, impl)][1] for impl in ("nag_jax", "torch")}
+    print(f"| {part} | {ms['nag_jax']:.0f} | {ms['torch']:.0f} | {ms['nag_jax'] / ms['torch']:.2f} |")
 
 
 if __name__ == "__main__":
