@@ -2,9 +2,10 @@
 
   python -m benchmarks.train [--model DiT-S/2] [--batch 16] [--repeats 3] [--dtype float32]
 
-Times nag_jax's jitted train step as a user gets it (`jit_train_step`, the default attention core), the
-same step with the "xla" attention core, the step compiled with XLA's fusion pass off (the CPU default
-of earlier versions), and the official model
+Times nag_jax's jitted train step as a user gets it (`jit_train_step`, the default attention core and
+gradient fence), the same step with the "xla" attention core, without the fence between blocks
+(`grad_fence="off"`), and compiled with XLA's fusion pass off (the CPU default of earlier versions), and the
+official model
 (tests/reference, SDPA attention) doing forward, MSE on its full output, backward and AdamW, all at
 one batch. FLOPs per step come from XLA's cost analysis of the compiled step; "of matmul" = achieved
 FLOP/s / XLA's float32 rate at the model's own matmul shapes at this batch, measured in the same run.
@@ -94,7 +95,8 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   ops = [[jax.random.normal(jax.random.key(i), s) for s in ((m, k), (k, n), (n,), (m, n))]
          for i, (m, k, n) in enumerate(shapes)]
   dense = jax.jit(lambda ops: [jax.vjp(lambda x, w, b: x @ w + b, x, w, b)[1](g) for x, w, b, g in ops])
-  tops = [[torch.from_numpy(np.array(a)) for a in op] for op in ops]
+  # torch as nn.Linear runs it: weight (N, K), addmm forward, gradients w.r.t. x, weight, bias given g
+  tops = [[torch.from_numpy(np.array(a)) for a in (x, w.T, b, g)] for x, w, b, g in ops]
 
   def torch_core():
     qkv = tq[:3].clone().requires_grad_()
@@ -103,8 +105,8 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   def torch_dense():
     out = []
     for x, w, b, g in tops:
-      x, w, b = (a.clone().requires_grad_() for a in (x, w, b))
-      out.append(torch.autograd.grad(((x @ w + b) * g).sum(), (x, w, b)))
+      x, w, b = (a.contiguous().requires_grad_() for a in (x, w, b))
+      out.append(torch.autograd.grad(F.linear(x, w, b), (x, w, b), grad_outputs=g))
     return out
   return {("attention core", "nag_jax"): (lambda: core(q), mc.depth),
           ("attention core", "torch"): (torch_core, mc.depth),
@@ -120,9 +122,9 @@ def run(model: str, batch_size: int, repeats: int, dtype: str) -> tuple[list[tup
   batch = {"x": rng.normal(size=(batch_size, mc.input_size, mc.input_size, mc.in_channels)).astype(np.float32),
            "y": rng.integers(0, mc.num_classes, batch_size).astype(np.int32)}
   default, flops = jax_step(model, batch, dtype, None)
-  xla_attention, _ = jax_step(model, batch, dtype, None, attention="xla")
-  fusion_off, _ = jax_step(model, batch, dtype, FUSION_OFF)
-  commands = {"nag_jax": default, "nag_jax, xla attention": xla_attention, "nag_jax, XLA fusion pass off": fusion_off,
+  commands = {"nag_jax": default, "nag_jax, xla attention": jax_step(model, batch, dtype, None, attention="xla")[0],
+              "nag_jax, no gradient fence": jax_step(model, batch, dtype, None, grad_fence="off")[0],
+              "nag_jax, XLA fusion pass off": jax_step(model, batch, dtype, FUSION_OFF)[0],
               "torch reference": torch_step(model, batch)}
   mm, mm_flops = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32)
   times = {k: [] for k in commands}

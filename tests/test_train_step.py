@@ -195,6 +195,30 @@ def test_remat_keeps_the_params_and_gives_the_same_gradients():
   assert diff < 1e-6 and max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[True])) > 1e-3
 
 
+def test_grad_fence_keeps_the_gradients_and_survives_compilation():
+  """The fence changes no gradient, and each block's stays a separate `conditional` in the compiled backward (XLA
+  must not fold it away, or the quadratic recomputation it prevents comes back); "auto" is on under XLA:CPU."""
+  config = TINY.replace(depth=3)
+  params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
+  params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), params)
+  obj = create_objective(config, objective_config())
+  b = batch_of(8)
+  d = obj.draw(jax.random.key(5), jnp.asarray(b["x"]), jnp.asarray(b["y"]))
+  grads = {}
+  for fence in ("on", "off"):
+    model = DiT(config.replace(grad_fence=fence))
+    loss = lambda p, m=model: jnp.mean(obj.losses(lambda q, *a: m.apply({"params": q}, *a), p, b["x"], d)["loss"])
+    step = jax.jit(jax.grad(loss))
+    grads[fence] = step(params)
+    hlo = step.lower(params).compile().as_text()
+    assert hlo.count(" conditional(") == (config.depth if fence == "on" else 0)
+  diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(grads["on"]), jax.tree.leaves(grads["off"])))
+  assert diff < 1e-6 and max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["on"])) > 1e-3
+  assert config.fenced and not config.replace(grad_fence="off").fenced
+  with pytest.raises(ValueError, match=r"grad_fence must be one of \('auto', 'on', 'off'\), got 'yes'"):
+    config.replace(grad_fence="yes")
+
+
 def test_noise_estimator_step_regresses_t_scaled_to_the_unit_interval():
   """g_phi's zero-initialised head predicts 0, so its first loss is exactly the mean squared target."""
   from nag_jax.models.noise_estimator import NoiseEstimator, estimator_inputs  # pylint: disable=import-outside-toplevel

@@ -5,6 +5,7 @@ import dataclasses
 import re
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from nag_jax.process import FAMILIES, family_process
@@ -16,6 +17,8 @@ PATCHES = (2, 4, 8)
 # XLA:CPU runs 2-3x faster than the 4-D ones of jax.nn.dot_product_attention; "xla" and "cudnn" are the backends of
 # jax.nn.dot_product_attention, "cudnn" the fused GPU kernel (bf16/fp16).
 ATTENTION = ("folded", "xla", "cudnn")
+# Gradient fence between blocks (nag_jax.models.layers.cotangent_fence): "auto" = on under XLA:CPU only.
+GRAD_FENCE = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,7 @@ class ModelConfig:
   dtype: str = "float32"
   attention: str = "folded"
   remat: bool = False  # recompute each block's activations in the backward pass: less memory, ~1/3 more FLOPs
+  grad_fence: str = "auto"  # materialise the residual-stream gradient between blocks (GRAD_FENCE)
 
   def __post_init__(self):
     problems = []
@@ -53,6 +57,8 @@ class ModelConfig:
       problems.append(f"attention must be one of {ATTENTION}, got {self.attention!r}")
     elif self.attention == "cudnn" and self.dtype != "bfloat16":
       problems.append("attention 'cudnn' needs dtype 'bfloat16' (the fused kernel has no float32 path)")
+    if self.grad_fence not in GRAD_FENCE:
+      problems.append(f"grad_fence must be one of {GRAD_FENCE}, got {self.grad_fence!r}")
     for name in ("input_size", "patch_size", "in_channels", "depth", "num_classes"):
       if getattr(self, name) < 1:
         problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -81,6 +87,11 @@ class ModelConfig:
   @property
   def compute_dtype(self) -> Any:
     return jnp.dtype(self.dtype)
+
+  @property
+  def fenced(self) -> bool:
+    """Whether the blocks' inputs go through cotangent_fence: grad_fence "on", or "auto" under XLA:CPU."""
+    return self.grad_fence == "on" or (self.grad_fence == "auto" and jax.default_backend() == "cpu")
 
   def replace(self, **kwargs) -> "ModelConfig":
     return dataclasses.replace(self, **kwargs)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from nag_jax.models import initializers as init
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
-from nag_jax.models.layers import dense
+from nag_jax.models.layers import cotangent_fence, dense
 from nag_jax.sharding import constrain
 
 
@@ -133,6 +133,8 @@ class Backbone(nn.Module):
     tokens = tokens + jnp.asarray(sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size))[None]
     c = self.t_embedder(t) + self.y_embedder(y)
     for block in self.blocks:
+      if cfg.fenced:
+        tokens, c = cotangent_fence((tokens, c))
       tokens = block(tokens, c)
     return tokens, c
 

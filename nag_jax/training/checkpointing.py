@@ -22,7 +22,7 @@ CHECKPOINT_DIR = "checkpoints"  # workdir/checkpoints: the Orbax steps
 # Keys that shape the TrainState (a resume with other values cannot restore the checkpoints), and the
 # model fields that do not.
 STATE_KEYS = ("mode", "model", "optimizer.accumulation_steps")
-STATE_FREE = ("model.dtype", "model.remat", "model.attention")
+STATE_FREE = ("model.dtype", "model.remat", "model.attention", "model.grad_fence")
 
 
 def _state_fields(config: dict) -> dict[str, Any]:
