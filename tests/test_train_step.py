@@ -176,44 +176,48 @@ def test_bfloat16_compute_gives_a_close_loss():
   assert float(out["bfloat16"]) != float(out["float32"])  # the option does change the arithmetic
 
 
-def test_remat_keeps_the_params_and_gives_the_same_gradients():
-  config = TINY.replace(depth=3)
+def variant_gradients(config: ModelConfig, field: str, values: tuple) -> tuple[dict, dict, dict]:
+  """(params, {value: loss function}, {value: gradients}) of the tiny objective for config.replace(field=value),
+  all at the same perturbed parameters and draws."""
   params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
   params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), params)
-  remat_params = init_params(config.replace(remat=True), jax.random.key(0))
-  assert jax.tree.structure(remat_params) == jax.tree.structure(params)  # the same checkpoint layout
   obj = create_objective(config, objective_config())
   b = batch_of(8)
   d = obj.draw(jax.random.key(5), jnp.asarray(b["x"]), jnp.asarray(b["y"]))
-  grads = {}
+  losses, grads = {}, {}
+  for value in values:
+    model = DiT(config.replace(**{field: value}))
+    apply = lambda q, *a, m=model: m.apply({"params": q}, *a)
+    losses[value] = lambda p, apply=apply: jnp.mean(obj.losses(apply, p, b["x"], d)["loss"])
+    grads[value] = jax.jit(jax.grad(losses[value]))(params)
+  return params, losses, grads
+
+
+def max_difference(a, b) -> float:
+  return max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_remat_keeps_the_params_and_gives_the_same_gradients():
+  config = TINY.replace(depth=3)
+  params, losses, grads = variant_gradients(config, "remat", (False, True))
+  remat_params = init_params(config.replace(remat=True), jax.random.key(0))
+  assert jax.tree.structure(remat_params) == jax.tree.structure(params)  # the same checkpoint layout
   for remat in (False, True):
-    model = DiT(config.replace(remat=remat))
-    loss = lambda p, m=model: jnp.mean(obj.losses(lambda q, *a: m.apply({"params": q}, *a), p, b["x"], d)["loss"])
-    grads[remat] = jax.jit(jax.grad(loss))(params)
-    assert ("remat" in str(jax.make_jaxpr(jax.grad(loss))(params))) == remat  # blocks really recompute
-  diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])))
-  assert diff < 1e-6 and max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[True])) > 1e-3
+    assert ("remat" in str(jax.make_jaxpr(jax.grad(losses[remat]))(params))) == remat  # blocks really recompute
+  assert max_difference(grads[False], grads[True]) < 1e-6
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[True])) > 1e-3
 
 
 def test_grad_fence_keeps_the_gradients_and_survives_compilation():
   """The fence changes no gradient, and each block's stays a separate `conditional` in the compiled backward (XLA
   must not fold it away, or the quadratic recomputation it prevents comes back); "auto" is on under XLA:CPU."""
   config = TINY.replace(depth=3)
-  params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
-  params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), params)
-  obj = create_objective(config, objective_config())
-  b = batch_of(8)
-  d = obj.draw(jax.random.key(5), jnp.asarray(b["x"]), jnp.asarray(b["y"]))
-  grads = {}
+  params, losses, grads = variant_gradients(config, "grad_fence", ("on", "off"))
   for fence in ("on", "off"):
-    model = DiT(config.replace(grad_fence=fence))
-    loss = lambda p, m=model: jnp.mean(obj.losses(lambda q, *a: m.apply({"params": q}, *a), p, b["x"], d)["loss"])
-    step = jax.jit(jax.grad(loss))
-    grads[fence] = step(params)
-    hlo = step.lower(params).compile().as_text()
+    hlo = jax.jit(jax.grad(losses[fence])).lower(params).compile().as_text()
     assert hlo.count(" conditional(") == (config.depth if fence == "on" else 0)
-  diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(grads["on"]), jax.tree.leaves(grads["off"])))
-  assert diff < 1e-6 and max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["on"])) > 1e-3
+  assert max_difference(grads["on"], grads["off"]) < 1e-6
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["on"])) > 1e-3
   assert config.fenced and not config.replace(grad_fence="off").fenced
   with pytest.raises(ValueError, match=r"grad_fence must be one of \('auto', 'on', 'off'\), got 'yes'"):
     config.replace(grad_fence="yes")
