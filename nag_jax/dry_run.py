@@ -36,7 +36,9 @@ def parse_mesh(text: str) -> dict:
 def build_config(args: argparse.Namespace):
   """The training config of the dry run: the base config with the model, batch and mesh asked for."""
   c = base_config.get_base_config()
-  c.model = base_config.model_fields(args.model, image_size=args.image_size, dtype=args.dtype, remat=args.remat)
+  # Compiled as an accelerator runs it: without the gradient fence that "auto" adds under XLA:CPU.
+  c.model = base_config.model_fields(args.model, image_size=args.image_size, dtype=args.dtype, remat=args.remat,
+                                     grad_fence="off")
   if args.depth:
     c.model.depth = args.depth
   c.global_batch_size = args.batch
