@@ -1,4 +1,5 @@
-"""Dense layer of the DiT/SiT backbone: float32 params, dots in the compute dtype accumulated in float32.
+"""Layers of the DiT/SiT backbone: Dense (float32 params, dots in the compute dtype accumulated in float32) and
+the gradient fence between blocks.
 
 A bfloat16 dot that returns bfloat16 (or has its bias add fused in) runs no faster than float32 on
 XLA:CPU; one with `preferred_element_type=float32` and the bias added afterwards in float32 does, and is
@@ -41,8 +42,8 @@ def dense(features: int, names: tuple, dtype, kernel_init=init.xavier, name: str
 def cotangent_fence(tree):
   """Identity whose cotangent is materialised: the backward passes it through a `lax.cond`, which XLA cannot fuse
   across (XLA:CPU drops optimization barriers before fusion). Without it, XLA:CPU's fusion recomputes the residual
-  stream's gradient of every later block inside each block's backward: quadratic in depth, e.g. 4.4 s instead of
-  2.4 s per DiT-S/2 train step at batch 8 (benchmarks/train.py)."""
+  stream's gradient of every later block inside each block's backward: quadratic in depth, about 1.6x slower
+  DiT-S/2 train steps at batch 8 (benchmarks/train.py)."""
   return tree
 
 
