@@ -177,20 +177,20 @@ def test_bfloat16_compute_gives_a_close_loss():
 
 
 def variant_gradients(config: ModelConfig, field: str, values: tuple) -> tuple[dict, dict, dict]:
-  """(params, {value: loss function}, {value: gradients}) of the tiny objective for config.replace(field=value),
-  all at the same perturbed parameters and draws."""
+  """(params, {value: jitted gradient function}, {value: gradients}) of the tiny objective for
+  config.replace(field=value), all at the same perturbed parameters and draws."""
   params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
   params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape), params)
   obj = create_objective(config, objective_config())
   b = batch_of(8)
   d = obj.draw(jax.random.key(5), jnp.asarray(b["x"]), jnp.asarray(b["y"]))
-  losses, grads = {}, {}
+  grad_fns, grads = {}, {}
   for value in values:
     model = DiT(config.replace(**{field: value}))
     apply = lambda q, *a, m=model: m.apply({"params": q}, *a)
-    losses[value] = lambda p, apply=apply: jnp.mean(obj.losses(apply, p, b["x"], d)["loss"])
-    grads[value] = jax.jit(jax.grad(losses[value]))(params)
-  return params, losses, grads
+    grad_fns[value] = jax.jit(jax.grad(lambda p, apply=apply: jnp.mean(obj.losses(apply, p, b["x"], d)["loss"])))
+    grads[value] = grad_fns[value](params)
+  return params, grad_fns, grads
 
 
 def max_difference(a, b) -> float:
@@ -199,11 +199,11 @@ def max_difference(a, b) -> float:
 
 def test_remat_keeps_the_params_and_gives_the_same_gradients():
   config = TINY.replace(depth=3)
-  params, losses, grads = variant_gradients(config, "remat", (False, True))
+  params, grad_fns, grads = variant_gradients(config, "remat", (False, True))
   remat_params = init_params(config.replace(remat=True), jax.random.key(0))
   assert jax.tree.structure(remat_params) == jax.tree.structure(params)  # the same checkpoint layout
   for remat in (False, True):
-    assert ("remat" in str(jax.make_jaxpr(jax.grad(losses[remat]))(params))) == remat  # blocks really recompute
+    assert ("remat" in str(jax.make_jaxpr(grad_fns[remat])(params))) == remat  # blocks really recompute
   assert max_difference(grads[False], grads[True]) < 1e-6
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[True])) > 1e-3
 
@@ -212,9 +212,9 @@ def test_grad_fence_keeps_the_gradients_and_survives_compilation():
   """The fence changes no gradient, and each block's stays a separate `conditional` in the compiled backward (XLA
   must not fold it away, or the quadratic recomputation it prevents comes back); "auto" is on under XLA:CPU."""
   config = TINY.replace(depth=3)
-  params, losses, grads = variant_gradients(config, "grad_fence", ("on", "off"))
+  params, grad_fns, grads = variant_gradients(config, "grad_fence", ("on", "off"))
   for fence in ("on", "off"):
-    hlo = jax.jit(jax.grad(losses[fence])).lower(params).compile().as_text()
+    hlo = grad_fns[fence].lower(params).compile().as_text()
     assert hlo.count(" conditional(") == (config.depth if fence == "on" else 0)
   assert max_difference(grads["on"], grads["off"]) < 1e-6
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["on"])) > 1e-3

@@ -132,8 +132,9 @@ class Backbone(nn.Module):
     tokens = self.x_embedder(x.astype(cfg.compute_dtype)).reshape(b, -1, cfg.hidden_size).astype(jnp.float32)
     tokens = tokens + jnp.asarray(sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size))[None]
     c = self.t_embedder(t) + self.y_embedder(y)
+    fenced = cfg.fenced
     for block in self.blocks:
-      if cfg.fenced:
+      if fenced:
         tokens, c = cotangent_fence((tokens, c))
       tokens = block(tokens, c)
     return tokens, c
