@@ -1,14 +1,14 @@
 """Train-step throughput against the torch reference's, alternated in one run, and against XLA's matmul rate.
 
-  python -m benchmarks.train [--model DiT-S/2] [--batch 16] [--repeats 3] [--dtype float32]
+  python -m benchmarks.train [--model DiT-S/2] [--batch 16] [--repeats 3]
 
 Times nag_jax's jitted train step as a user gets it (`jit_train_step`, the default attention core and
-gradient fence), the same step with the "xla" attention core, without the fence between blocks
-(`grad_fence="off"`), and compiled with XLA's fusion pass off (the CPU default of earlier versions), and the
-official model
-(tests/reference, SDPA attention) doing forward, MSE on its full output, backward and AdamW, all at
-one batch. FLOPs per step come from XLA's cost analysis of the compiled step; "of matmul" = achieved
-FLOP/s / XLA's float32 rate at the model's own matmul shapes at this batch, measured in the same run.
+gradient fence) in float32 and in bfloat16 (`model.dtype`), the float32 step with the "xla" attention core,
+without the fence between blocks (`grad_fence="off"`), and compiled with XLA's fusion pass off (the CPU
+default of earlier versions), and the official model (tests/reference, SDPA attention) doing forward, MSE on
+its full output, backward and AdamW, in float32 and under torch's bfloat16 autocast, all at one batch.
+FLOPs per step come from XLA's cost analysis of the compiled float32 step; "of matmul" = achieved FLOP/s /
+XLA's rate at the model's own matmul shapes at this batch in the row's dtype, measured in the same run.
 Each figure is the median of `--repeats`, the commands alternated within each repetition.
 A second table times the step's matmul-heavy parts alone, forward and backward at its shapes, in
 both: the attention core (`nag_jax.models.dit.attention`'s default against torch's SDPA autograd) and the
@@ -61,8 +61,9 @@ def jax_step(model: str, batch: dict, dtype: str, compiler_options: dict | None,
   return call, flops
 
 
-def torch_step(model: str, batch: dict):
-  """One official-style step: q_sample, forward, MSE on eps and variance channels, backward, AdamW."""
+def torch_step(model: str, batch: dict, autocast: bool = False):
+  """One official-style step: q_sample, forward (under CPU bfloat16 autocast if asked), MSE on eps and variance
+  channels, backward, AdamW."""
   net = torch_model(get_model_config(model, image_size=256)).train()
   opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0)
   x0 = torch.from_numpy(np.transpose(batch["x"], (0, 3, 1, 2)).copy())
@@ -74,8 +75,9 @@ def torch_step(model: str, batch: dict):
     t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
     a = alphas[t].view(-1, 1, 1, 1)
-    out = net(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float(), y)
-    loss = ((out - torch.cat([noise, noise], dim=1)) ** 2).mean()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+      out = net(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float(), y)
+    loss = ((out.float() - torch.cat([noise, noise], dim=1)) ** 2).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -94,7 +96,10 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   shapes = matmul_shapes(mc, batch_size)
   ops = [[jax.random.normal(jax.random.key(i), s) for s in ((m, k), (k, n), (n,), (m, n))]
          for i, (m, k, n) in enumerate(shapes)]
-  dense = jax.jit(lambda ops: [jax.vjp(lambda x, w, b: x @ w + b, x, w, b)[1](g) for x, w, b, g in ops])
+  def dense_layer(x, w, b, g):  # the output is returned too, or XLA would drop the forward dot
+    y, vjp = jax.vjp(lambda x, w, b: x @ w + b, x, w, b)
+    return y, vjp(g)
+  dense = jax.jit(lambda ops: [dense_layer(*o) for o in ops])
   # torch as nn.Linear runs it: weight (N, K), addmm forward, gradients w.r.t. x, weight, bias given g
   tops = [[torch.from_numpy(np.array(a)) for a in (x, w.T, b, g)] for x, w, b, g in ops]
 
@@ -114,32 +119,38 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
           ("dense layers", "torch"): (torch_dense, mc.depth)}
 
 
-def run(model: str, batch_size: int, repeats: int, dtype: str) -> tuple[list[tuple], list[float], float]:
-  """Median seconds per step of each command, alternated: table rows, load averages, the matmul rate."""
+def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[float], dict]:
+  """Median seconds per step of each command, alternated: table rows, load averages, the matmul rate per dtype."""
   jax.config.update("jax_threefry_partitionable", True)
   mc = get_model_config(model, image_size=256)
   rng = np.random.default_rng(0)
   batch = {"x": rng.normal(size=(batch_size, mc.input_size, mc.input_size, mc.in_channels)).astype(np.float32),
            "y": rng.integers(0, mc.num_classes, batch_size).astype(np.int32)}
-  default, flops = jax_step(model, batch, dtype, None)
-  commands = {"nag_jax": default, "nag_jax, xla attention": jax_step(model, batch, dtype, None, attention="xla")[0],
-              "nag_jax, no gradient fence": jax_step(model, batch, dtype, None, grad_fence="off")[0],
-              "nag_jax, XLA fusion pass off": jax_step(model, batch, dtype, FUSION_OFF)[0],
-              "torch reference": torch_step(model, batch)}
-  mm, mm_flops = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32)
+  default, flops = jax_step(model, batch, "float32", None)
+  commands = {  # name -> (call, dtype)
+      "nag_jax": (default, "float32"),
+      "nag_jax, bfloat16": (jax_step(model, batch, "bfloat16", None)[0], "bfloat16"),
+      "nag_jax, xla attention": (jax_step(model, batch, "float32", None, attention="xla")[0], "float32"),
+      "nag_jax, no gradient fence": (jax_step(model, batch, "float32", None, grad_fence="off")[0], "float32"),
+      "nag_jax, XLA fusion pass off": (jax_step(model, batch, "float32", FUSION_OFF)[0], "float32"),
+      "torch reference": (torch_step(model, batch), "float32"),
+      "torch reference, bfloat16 autocast": (torch_step(model, batch, autocast=True), "bfloat16")}
+  mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt)) for dt in ("float32", "bfloat16")}
   times = {k: [] for k in commands}
-  mm_times, loads = [], []
+  mm_times, loads = {dt: [] for dt in mms}, []
   for _ in range(repeats):
     loads.append(os.getloadavg()[0])
-    for name, fn in commands.items():
+    for name, (fn, _) in commands.items():
       times[name].append(wall_time(fn))
-    mm_times.append(min(wall_time(mm) for _ in range(3)))
-  rate = mm_flops / statistics.median(mm_times)
-  ref = statistics.median(times["torch reference"])
+    for dt, (mm, _) in mms.items():
+      mm_times[dt].append(min(wall_time(mm) for _ in range(3)))
+  rate = {dt: mms[dt][1] / statistics.median(ts) for dt, ts in mm_times.items()}
+  ref = {dt: statistics.median(times[name]) for name, dt in
+         (("torch reference", "float32"), ("torch reference, bfloat16 autocast", "bfloat16"))}
   rows = []
   for name, ts in times.items():
-    sec = statistics.median(ts)
-    rows.append((name, sec, sec / batch_size, ref / sec, flops / sec / rate))
+    sec, dt = statistics.median(ts), commands[name][1]
+    rows.append((name, sec, sec / batch_size, ref["float32"] / sec, ref[dt] / sec, flops / sec / rate[dt]))
   return rows, loads, rate
 
 
@@ -148,18 +159,17 @@ def main() -> None:
   p.add_argument("--model", default="DiT-S/2")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   args = p.parse_args()
   parts = backward_parts(args.model, args.batch)
   part_times, part_loads = alternated({k: fn for k, (fn, _) in parts.items()}, args.repeats)
-  rows, loads, rate = run(args.model, args.batch, args.repeats, args.dtype)
-  print(f"device: {jax.devices()[0].device_kind}; {args.model}, batch {args.batch}, {args.dtype}; "
-        f"XLA f32 matmul at the model's shapes {rate / 1e9:.0f} GFLOP/s; load average per repetition: "
-        + ", ".join(f"{v:.2f}" for v in loads))
-  print("\n| command | s/step | s/sample | speed vs torch | of f32 matmul (XLA FLOPs) |")
-  print("|---|---|---|---|---|")
-  for name, sec, per, ratio, frac in rows:
-    print(f"| {name} | {sec:.2f} | {per:.3f} | {ratio:.2f}x | {frac:.0%} |")
+  rows, loads, rate = run(args.model, args.batch, args.repeats)
+  print(f"device: {jax.devices()[0].device_kind}; {args.model}, batch {args.batch}; XLA matmul at the model's "
+        f"shapes {rate['float32'] / 1e9:.0f} GFLOP/s float32, {rate['bfloat16'] / 1e9:.0f} bfloat16; "
+        "load average per repetition: " + ", ".join(f"{v:.2f}" for v in loads))
+  print("\n| command | s/step | s/sample | vs torch f32 | vs torch, same dtype | of matmul, its dtype |")
+  print("|---|---|---|---|---|---|")
+  for name, sec, per, ratio, same, frac in rows:
+    print(f"| {name} | {sec:.2f} | {per:.3f} | {ratio:.2f}x | {same:.2f}x | {frac:.0%} |")
   print("\nforward + backward of the step's parts alone, float32, ms per step; load average per repetition: "
         + ", ".join(f"{v:.2f}" for v in part_loads))
   print("\n| part | nag_jax | torch | nag_jax time / torch's |")

@@ -1,5 +1,6 @@
 """The train step: condition dropout as the network sees it, losses, accumulation, EMA, AdamW, bf16."""
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -10,6 +11,7 @@ import pytest
 
 from nag_jax import diffusion
 from nag_jax.models import DiT, ModelConfig, init_params
+from nag_jax.models.layers import mixed_einsum
 from nag_jax.training import TrainState, create_objective, create_optimizer, get_base_config, train_step
 from tests.reference.losses import diffusion_training_losses, flow_training_losses
 
@@ -221,6 +223,41 @@ def test_grad_fence_keeps_the_gradients_and_survives_compilation():
   assert config.fenced and not config.replace(grad_fence="off").fenced
   with pytest.raises(ValueError, match=r"grad_fence must be one of \('auto', 'on', 'off'\), got 'yes'"):
     config.replace(grad_fence="yes")
+
+
+def test_bfloat16_gradients_run_bfloat16_dots_close_to_float32():
+  """With dtype bfloat16 every dot of the gradient, the backward's included, takes bfloat16 operands (JAX's own
+  transpose of a bf16 dot accumulating in f32 runs on f32 operands, at the f32 rate), and the gradients stay
+  within bf16 rounding of float32's."""
+  config = TINY.replace(depth=2)
+  params, grad_fns, grads = variant_gradients(config, "dtype", ("float32", "bfloat16"))
+  operands = re.findall(r"stablehlo\.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)",
+                        grad_fns["bfloat16"].lower(params).as_text())
+  # each block's seven dots (adaLN, qkv, proj, fc1, fc2, the attention's two), forward and both gradients
+  assert len(operands) >= config.depth * 7 * 3
+  assert all(a.endswith("xbf16>") and b.endswith("xbf16>") for a, b in operands), operands
+  for g32, g16 in zip(jax.tree.leaves(grads["float32"]), jax.tree.leaves(grads["bfloat16"])):
+    assert g16.dtype == jnp.float32
+    assert float(jnp.abs(g16 - g32).max()) <= 0.05 * float(jnp.abs(g32).max()) + 1e-6
+  assert max_difference(grads["float32"], grads["bfloat16"]) > 0  # the option does change the arithmetic
+
+
+@pytest.mark.parametrize("spec,shapes", [("abk,kn->abn", ((2, 3, 5), (5, 4))), ("nqd,nkd->nqk", ((2, 3, 4), (2, 5, 4))),
+                                         ("nqk,nkd->nqd", ((2, 3, 5), (2, 5, 4)))])
+def test_mixed_einsum_gradients_equal_float32_autodiff_on_rounded_operands(spec, shapes):
+  """The hand-written transposes are JAX's f32 autodiff of the same einsum at the bf16-rounded operands and
+  cotangent, up to f32 summation order; gradients come back in each operand's dtype."""
+  a, b = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate(shapes))
+  g = jax.random.normal(jax.random.key(9), jnp.einsum(spec, a, b).shape)
+  out, vjp = jax.vjp(lambda a, b: mixed_einsum(spec, a, b, jnp.bfloat16), a, b.astype(jnp.bfloat16))
+  round16 = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)
+  ref_out, ref_vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), round16(a), round16(b))
+  np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+  da, db = vjp(g)
+  assert da.dtype == jnp.float32 and db.dtype == jnp.bfloat16
+  for got, want in zip((da, db), ref_vjp(round16(g))):
+    np.testing.assert_allclose(np.asarray(got, np.float32), round16(want) if got.dtype == jnp.bfloat16 else want,
+                               rtol=1e-2, atol=1e-2)
 
 
 def test_noise_estimator_step_regresses_t_scaled_to_the_unit_interval():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from nag_jax.models import initializers as init
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
-from nag_jax.models.layers import cotangent_fence, dense
+from nag_jax.models.layers import cotangent_fence, dense, mixed_einsum
 from nag_jax.sharding import constrain
 
 
@@ -41,9 +41,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> 
     return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
   b, t, h, d = q.shape
   q, k, v = (jnp.transpose(a, (0, 2, 1, 3)).reshape(b * h, t, d) for a in (q * d ** -0.5, k, v))
-  logits = jnp.einsum("nqd,nkd->nqk", q, k, preferred_element_type=jnp.float32)
+  logits = mixed_einsum("nqd,nkd->nqk", q, k, v.dtype)
   p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-  out = jnp.einsum("nqk,nkd->nqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = mixed_einsum("nqk,nkd->nqd", p, v, v.dtype)
   out = out / p.sum(-1, keepdims=True)
   return jnp.transpose(out.reshape(b, h, t, d), (0, 2, 1, 3)).astype(v.dtype)
 
