@@ -37,6 +37,7 @@ from nag_jax.training.init_state import state_initializer
 
 
 FUSION_OFF = {"xla_disable_hlo_passes": "fusion"}  # the CPU default of earlier versions (see the README)
+TORCH_ROWS = {"float32": "torch reference", "bfloat16": "torch reference, bfloat16 autocast"}  # dtype -> row
 
 
 def jax_step(model: str, batch: dict, dtype: str, compiler_options: dict | None, **model_overrides):
@@ -133,8 +134,7 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
       "nag_jax, xla attention": (jax_step(model, batch, "float32", None, attention="xla")[0], "float32"),
       "nag_jax, no gradient fence": (jax_step(model, batch, "float32", None, grad_fence="off")[0], "float32"),
       "nag_jax, XLA fusion pass off": (jax_step(model, batch, "float32", FUSION_OFF)[0], "float32"),
-      "torch reference": (torch_step(model, batch), "float32"),
-      "torch reference, bfloat16 autocast": (torch_step(model, batch, autocast=True), "bfloat16")}
+      **{name: (torch_step(model, batch, autocast=dt == "bfloat16"), dt) for dt, name in TORCH_ROWS.items()}}
   mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt)) for dt in ("float32", "bfloat16")}
   times = {k: [] for k in commands}
   mm_times, loads = {dt: [] for dt in mms}, []
@@ -145,8 +145,7 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
     for dt, (mm, _) in mms.items():
       mm_times[dt].append(min(wall_time(mm) for _ in range(3)))
   rate = {dt: mms[dt][1] / statistics.median(ts) for dt, ts in mm_times.items()}
-  ref = {dt: statistics.median(times[name]) for name, dt in
-         (("torch reference", "float32"), ("torch reference, bfloat16 autocast", "bfloat16"))}
+  ref = {dt: statistics.median(times[name]) for dt, name in TORCH_ROWS.items()}
   rows = []
   for name, ts in times.items():
     sec, dt = statistics.median(ts), commands[name][1]
