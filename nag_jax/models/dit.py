@@ -60,7 +60,8 @@ class Attention(nn.Module):
     b, n, d = x.shape
     qkv = dense(3 * d, ("embed", "heads"), self.dtype, name="qkv")(x)
     qkv = qkv.astype(self.dtype).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.implementation)
+    q, k, v = (jnp.squeeze(a, 2) for a in jnp.split(qkv, 3, axis=2))  # split: its gradient is a concatenation
+    out = attention(q, k, v, self.implementation)
     return dense(d, ("heads", "embed"), self.dtype, name="proj")(out.reshape(b, n, d))
 
 
