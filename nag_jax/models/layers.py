@@ -22,8 +22,13 @@ def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array
   float32. In a low-precision dtype its gradients are the same kind of dot on the cotangent cast to `dtype`:
   JAX's own rule would run them on float32 operands, at the float32 rate."""
   if jnp.dtype(dtype) == jnp.float32:
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+    return _dot(spec, a, b, dtype)
   return _low_precision_einsum(spec, jnp.dtype(dtype), a.dtype, b.dtype)(a, b)
+
+
+def _dot(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  """The einsum on operands cast to `dtype`, accumulated in float32."""
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,20 +37,18 @@ def _low_precision_einsum(spec: str, dtype, a_dtype, b_dtype) -> Callable:
   inputs, out = spec.split("->")
   sa, sb = inputs.split(",")
 
-  def dot(s, x, y):
-    return jnp.einsum(s, x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32)
-
   @jax.custom_vjp
   def einsum(a, b):
-    return dot(spec, a, b)
+    return _dot(spec, a, b, dtype)
 
   def forward(a, b):
     a, b = a.astype(dtype), b.astype(dtype)  # saved in `dtype`: half the residual memory
-    return dot(spec, a, b), (a, b)
+    return _dot(spec, a, b, dtype), (a, b)
 
   def backward(residuals, g):
     a, b = residuals
-    return dot(f"{out},{sb}->{sa}", g, b).astype(a_dtype), dot(f"{sa},{out}->{sb}", a, g).astype(b_dtype)
+    return (_dot(f"{out},{sb}->{sa}", g, b, dtype).astype(a_dtype),
+            _dot(f"{sa},{out}->{sb}", a, g, dtype).astype(b_dtype))
 
   einsum.defvjp(forward, backward)
   return einsum
