@@ -160,3 +160,21 @@ def test_worker_process_gives_the_same_batches_as_in_process():
   make = lambda workers: _make(source, global_batch_size=4, seed=5, worker_count=workers)
   with_worker = make(1)
   _assert_same(_take(with_worker, 4), _take(make(0), 4))
+
+
+def test_in_memory_records_read_in_thread_give_the_threaded_readers_batches_and_state():
+  # The default for an ArraySource (data.pipeline.IN_THREAD) against grain's threaded reader, with flips,
+  # across an epoch boundary; a state saved by one continues the other's stream.
+  source, _ = _id_images()
+  make = lambda reads: data.make_train_iterator(source, global_batch_size=4, seed=3, read_options=reads,
+                                                shard_options=_shard(0, 1))
+  in_thread, threaded = make(None), make(SMALL_READS)
+  _assert_same(_take(in_thread, 8), _take(threaded, 8))
+  restored = make(SMALL_READS)
+  restored.set_state(in_thread.get_state())
+  _assert_same(_take(restored, 5), _take(in_thread, 5))
+  # config data.read_threads: -1 automatic, 0 in-thread, n threads
+  assert data.read_options(-1) is None and data.read_options(0) is data.pipeline.IN_THREAD
+  assert data.read_options(3).num_threads == 3
+  with pytest.raises(ValueError, match=r"^read_threads must be an integer >= -1, got -2$"):
+    data.read_options(-2)

@@ -64,6 +64,8 @@ def test_cli_trains_logs_samples_checkpoints_and_exports(tmp_path):
     ("--config.objective.pseudo_level=0.5", "objective.pseudo_level must be outside the trained range [0.0, 1.0] of sit"),
     ("--config.mode=finetune", "init_from must name a converted model directory in mode 'finetune'"),
     ("--config.data.kind=imagenet", "data.kind must be one of"),
+    ("--config.data.read_threads=-2",
+     "data.read_threads must be an integer >= -1 (-1 = automatic, 0 = in-thread), got -2"),
 ])
 def test_invalid_value_gives_one_clear_error_before_any_compute(cli, tmp_path, capsys, override, message):
   assert run_in_process(cli, tmp_path / "w", override) == 2

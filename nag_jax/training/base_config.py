@@ -44,7 +44,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       warmup_steps=0, end_learning_rate_factor=0.0, grad_clip_norm=0.0, accumulation_steps=1))
   c.data = ml_collections.ConfigDict(dict(
       kind="latents", path="", tfds_name="", data_dir="", split="train", image_size=256, flip=True,
-      shuffle=True, worker_count=0))
+      shuffle=True, worker_count=0, read_threads=-1))  # read_threads: see nag_jax.data.pipeline.read_options
   c.mesh = ml_collections.ConfigDict(default_mesh_config())
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50_000, keep=3, async_save=True))
   c.log_every_steps = 100

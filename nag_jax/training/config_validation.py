@@ -108,6 +108,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _check(p, "optimizer.grad_clip_norm", opt.grad_clip_norm, lambda v: v >= 0, ">= 0 (0 = off)")
   _check(p, "data.kind", c.data.kind, lambda v: v in DATA_KINDS, f"one of {DATA_KINDS}")
   _check(p, "data.worker_count", c.data.worker_count, nonneg_int, "an integer >= 0")
+  _check(p, "data.read_threads", c.data.read_threads, lambda v: isinstance(v, int) and v >= -1,
+         "an integer >= -1 (-1 = automatic, 0 = in-thread)")
   _check(p, "sample.every_steps", c.sample.every_steps, nonneg_int, "an integer >= 0 (0 = off)")
   _check(p, "sample.nag_scale", c.sample.nag_scale, lambda v: v >= 0, ">= 0 (NAG convention, 0 = off)")
   _check(p, "sample.cfg_scale", c.sample.cfg_scale, lambda v: v >= 1, ">= 1 (CFG convention, 1 = off)")

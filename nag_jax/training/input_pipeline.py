@@ -43,6 +43,7 @@ def create_iterator(config: ml_collections.ConfigDict, source, mesh: Mesh):
   return data.make_train_iterator(source, global_batch_size=config.global_batch_size, seed=config.seed,
                                   shuffle=data_config.shuffle, flip=data_config.flip,
                                   worker_count=data_config.worker_count,
+                                  read_options=data.read_options(data_config.read_threads),
                                   shard_options=multihost.data_shard_options(mesh, config.global_batch_size))
 
 
