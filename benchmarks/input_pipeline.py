@@ -7,7 +7,9 @@ and array_record latents (2 x 32 x 32 x 4 float32 per record, as ImageNet 256 tr
 to a temporary folder, read from the page cache), each in-thread (`nag_jax.data.pipeline.IN_THREAD`, the
 default for in-memory arrays), with grain's default threaded reader (16 threads, 500 records ahead, the
 default for files) and with 2 threads reading 64 ahead: ms per batch, median of `--repeats` rounds of
-`--batches` batches each (a fresh iterator each time, after one warm-up batch), and the ratio to the in-thread reader.
+`--batches` batches each (a fresh iterator each time, after one warm-up batch; `benchmarks.common.alternated`
+reuses one call per command, and a threaded iterator left alive would read ahead while the others are timed),
+and the ratio to the in-thread reader.
 """
 from __future__ import annotations
 
@@ -15,9 +17,8 @@ import argparse
 import gc
 import os
 import statistics
-import time
-
 import tempfile
+import time
 
 import grain
 import jax

@@ -18,10 +18,10 @@ def _id_images(n=N, size=6):
   return data.ArraySource(images, np.arange(n)), images
 
 
-def _make(source, shard_options=None, **kwargs):
+def _make(source, shard_options=None, read_options=SMALL_READS, **kwargs):
   """An iterator for one simulated process out of `shard_options` (default: the only one)."""
   return data.make_train_iterator(source, shard_options=shard_options or _shard(0, 1),
-                                  read_options=SMALL_READS, **kwargs)
+                                  read_options=read_options, **kwargs)
 
 
 def _take(iterator, k):
@@ -166,8 +166,7 @@ def test_in_memory_records_read_in_thread_give_the_threaded_readers_batches_and_
   # The default for an ArraySource (data.pipeline.IN_THREAD) against grain's threaded reader, with flips,
   # across an epoch boundary; a state saved by one continues the other's stream.
   source, _ = _id_images()
-  make = lambda reads: data.make_train_iterator(source, global_batch_size=4, seed=3, read_options=reads,
-                                                shard_options=_shard(0, 1))
+  make = lambda reads: _make(source, global_batch_size=4, seed=3, read_options=reads)
   in_thread, threaded = make(None), make(SMALL_READS)
   _assert_same(_take(in_thread, 8), _take(threaded, 8))
   restored = make(SMALL_READS)
