@@ -55,7 +55,8 @@ def bench_case(config: ModelConfig, images: int, steps: int, timed_steps: int, m
   """Compile the `steps` sampler, time the `timed_steps` one; img/s and MFU scaled to `steps`."""
   params = jax.jit(lambda k: init_params(config, k))(jax.random.key(0))
   labels = jnp.arange(images, dtype=jnp.int32) % config.num_classes
-  full = jax.jit(build_sampler(config, SamplerConfig(method=method, num_steps=steps), GUIDANCE, jit=False))
+  sample = build_sampler(config, SamplerConfig(method=method, num_steps=steps), GUIDANCE, jit=False)
+  full = jax.jit(sample, compiler_options=sample.compiler_options)
   t0 = time.perf_counter()
   full.lower(params, jax.random.key(1), labels).compile()
   compile_s = time.perf_counter() - t0

@@ -9,6 +9,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from nag_jax.models.layers import dot_compiler_options
+
 
 def time_call(fn: Callable, *args, repeats: int = 3) -> float:
   """Median wall time in seconds of `repeats` calls of `fn(*args)` after one warm-up call (compile excluded)."""
@@ -39,9 +41,10 @@ def alternated(calls: dict[Any, Callable[[], object]], repeats: int) -> tuple[di
 
 
 def matmul_flops_per_s(n: int = 2048, dtype=jnp.float32) -> float:
-  """Achieved FLOP/s of one n x n x n matmul under XLA on this machine (2 n^3 FLOPs)."""
+  """Achieved FLOP/s of one n x n x n matmul under XLA on this machine (2 n^3 FLOPs), with the model's dot
+  options for `dtype`."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
+  f = jax.jit(lambda x: x @ x, compiler_options=dot_compiler_options(dtype))
   return 2 * n ** 3 / time_call(f, a, repeats=5)
 
 

@@ -24,6 +24,7 @@ from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model
 from nag_jax.checkpoints.dit_convert import torch_to_flax
 from nag_jax.models import DiT, get_model_config
 from nag_jax.models.dit import attention
+from nag_jax.models.layers import dot_compiler_options
 
 
 def cases(name: str, rows: int, dtype: str, attentions: list[str]) -> dict[tuple[str, str], tuple]:
@@ -50,8 +51,9 @@ def cases(name: str, rows: int, dtype: str, attentions: list[str]) -> dict[tuple
          ("torch", "dense"): (torch_call(lambda: [a @ b for a, b in tdense]), base.depth)}
   for backend in attentions:
     model = DiT(base.replace(dtype=dtype, attention=backend))
-    fwd = jax.jit(lambda p, x, t, y, model=model: model.apply({"params": p}, x, t, y))
-    core = jax.jit(lambda q, backend=backend: attention(q[0], q[1], q[2], backend))
+    options = dot_compiler_options(dtype)
+    fwd = jax.jit(lambda p, x, t, y, model=model: model.apply({"params": p}, x, t, y), compiler_options=options)
+    core = jax.jit(lambda q, backend=backend: attention(q[0], q[1], q[2], backend), compiler_options=options)
     impl = f"nag_jax {backend}"
     out.update({(impl, "forward"): (lambda fwd=fwd: fwd(params, x, t, y), 1),
                 (impl, "attention"): (lambda core=core: core(q), base.depth), (impl, "dense"): (dense, base.depth)})

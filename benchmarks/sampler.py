@@ -19,6 +19,7 @@ from nag_jax.diffusion.gaussian_diffusion import create_diffusion, p_sample
 from nag_jax.guidance import GuidanceConfig, combine
 from nag_jax.guidance.denoiser import branch_inputs
 from nag_jax.models import DiT, get_model_config, init_params
+from nag_jax.models.layers import dot_compiler_options
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 
 MODES = {"none": GuidanceConfig(), "cfg": GuidanceConfig(cfg_scale=1.5),
@@ -27,11 +28,13 @@ MODES = {"none": GuidanceConfig(), "cfg": GuidanceConfig(cfg_scale=1.5),
 
 def python_loop_sampler(model, params, g: GuidanceConfig, labels, steps: int):
   """The same DDPM steps with one jitted model call per branch, driven from Python."""
-  fwd = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
+  options = dot_compiler_options(model.config.dtype)
+  fwd = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y), compiler_options=options)
   diffusion = create_diffusion(str(steps))
   active = g.active_terms(0.5)
   null, pseudo = jnp.full_like(labels, model.config.null_class), 1001.0
-  step = jax.jit(lambda out, x, i, key: p_sample(diffusion, out, x, i, jax.random.normal(key, x.shape))[0])
+  step = jax.jit(lambda out, x, i, key: p_sample(diffusion, out, x, i, jax.random.normal(key, x.shape))[0],
+                 compiler_options=options)
 
   def run(x, key):
     for k, i in enumerate(range(steps - 1, -1, -1)):
@@ -57,7 +60,7 @@ def bench_model(name: str, batch: int, steps: int, rate: float, repeats: int) ->
   fwd = lambda p, x, t, y: model.apply({"params": p}, x, t, y)
   flops_1 = compiled_flops(fwd, params, x, jnp.zeros(batch), labels) / batch
   x3, t3, y3 = jnp.concatenate([x] * 3), jnp.zeros(3 * batch), jnp.concatenate([labels] * 3)
-  fwd3 = jax.jit(fwd)
+  fwd3 = jax.jit(fwd, compiler_options=dot_compiler_options(config.dtype))
   calls = {"fwd3": lambda: fwd3(params, x3, t3, y3)}
   for mode, g in MODES.items():
     sample = build_sampler(config, SamplerConfig(method="ddpm", num_steps=steps), g)
@@ -82,7 +85,8 @@ def compile_ratio(name: str) -> tuple[float, float]:
   params = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
   out = []
   for steps in (10, 250):
-    fn = jax.jit(build_sampler(config, SamplerConfig(method="ddpm", num_steps=steps), MODES["nag_cfg"], jit=False))
+    sample = build_sampler(config, SamplerConfig(method="ddpm", num_steps=steps), MODES["nag_cfg"], jit=False)
+    fn = jax.jit(sample, compiler_options=sample.compiler_options)
     t0 = time.perf_counter()
     fn.lower(params, jax.random.key(0), jnp.zeros(2, jnp.int32)).compile()
     out.append(time.perf_counter() - t0)

@@ -3,16 +3,18 @@
   python -m benchmarks.train [--model DiT-S/2] [--batch 16] [--repeats 3]
 
 Times nag_jax's jitted train step as a user gets it (`jit_train_step`, the default attention core and
-gradient fence) in float32 and in bfloat16 (`model.dtype`), the float32 step with the "xla" attention core,
-without the fence between blocks (`grad_fence="off"`), and compiled with XLA's fusion pass off (the CPU
-default of earlier versions), and the official model (tests/reference, SDPA attention) doing forward, MSE on
-its full output, backward and AdamW, in float32 and under torch's bfloat16 autocast, all at one batch.
+gradient fence, float32 dots in Eigen on CPU) in float32 and in bfloat16 (`model.dtype`), the float32 step
+with the "xla" attention core, without the fence between blocks (`grad_fence="off"`), with XLA's default
+YNNPACK dots, and compiled with XLA's fusion pass off (the CPU default of earlier versions), and the
+official model (tests/reference, SDPA attention) doing forward, MSE on its full output, backward and
+AdamW, in float32 and under torch's bfloat16 autocast, all at one batch.
 FLOPs per step come from XLA's cost analysis of the compiled float32 step; "of matmul" = achieved FLOP/s /
 XLA's rate at the model's own matmul shapes at this batch in the row's dtype, measured in the same run.
 Each figure is the median of `--repeats`, the commands alternated within each repetition.
 A second table times the step's matmul-heavy parts alone, forward and backward at its shapes, in
 both: the attention core (`nag_jax.models.dit.attention`'s default against torch's SDPA autograd) and the
-block's four dense layers (x @ W + b and its gradients w.r.t. x, W and b), times depth.
+block's four dense layers (x @ W + b and its gradients w.r.t. x, W and b), times depth. The header gives
+XLA's float32 matmul rate at the model's shapes with the step's Eigen dots and with YNNPACK's.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from benchmarks.common import alternated
 from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model, wall_time
 from nag_jax.models import ModelConfig, get_model_config
 from nag_jax.models.dit import attention
+from nag_jax.models.layers import XLA_DEFAULT_DOTS, dot_compiler_options
 from nag_jax.sharding import make_mesh
 from nag_jax.training import create_objective, get_base_config, jit_train_step, model_fields
 from nag_jax.training.config_validation import model_config_of
@@ -48,7 +51,8 @@ def jax_step(model: str, batch: dict, dtype: str, compiler_options: dict | None,
   mesh = make_mesh({"data": -1})
   mc = model_config_of(config)
   initialize, abstract, schedule = state_initializer(config, mc, mesh)
-  step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, compiler_options=compiler_options,
+  step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, compute_dtype=mc.dtype,
+                        compiler_options=compiler_options,
                         objective=create_objective(mc, config.objective), learning_rate_fn=schedule)
   holder = {"state": initialize()}
   compiled = step.lower(holder["state"], batch).compile()
@@ -92,7 +96,9 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   mc = get_model_config(model, image_size=256)
   head_dim = mc.hidden_size // mc.num_heads
   q = jax.random.normal(jax.random.key(0), (4, batch_size, mc.num_tokens, mc.num_heads, head_dim))
-  core = jax.jit(jax.grad(lambda q: jnp.sum(attention(q[0], q[1], q[2], ModelConfig.attention) * q[3])))
+  options = dot_compiler_options("float32")
+  core = jax.jit(jax.grad(lambda q: jnp.sum(attention(q[0], q[1], q[2], ModelConfig.attention) * q[3])),
+                 compiler_options=options)
   tq = torch.from_numpy(np.array(q)).permute(0, 1, 3, 2, 4).contiguous()
   shapes = matmul_shapes(mc, batch_size)
   ops = [[jax.random.normal(jax.random.key(i), s) for s in ((m, k), (k, n), (n,), (m, n))]
@@ -100,7 +106,7 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   def dense_layer(x, w, b, g):  # the output is returned too, or XLA would drop the forward dot
     y, vjp = jax.vjp(lambda x, w, b: x @ w + b, x, w, b)
     return y, vjp(g)
-  dense = jax.jit(lambda ops: [dense_layer(*o) for o in ops])
+  dense = jax.jit(lambda ops: [dense_layer(*o) for o in ops], compiler_options=options)
   # torch as nn.Linear runs it: weight (N, K), addmm forward, gradients w.r.t. x, weight, bias given g
   tops = [[torch.from_numpy(np.array(a)) for a in (x, w.T, b, g)] for x, w, b, g in ops]
 
@@ -133,9 +139,11 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
       "nag_jax, bfloat16": (jax_step(model, batch, "bfloat16", None)[0], "bfloat16"),
       "nag_jax, xla attention": (jax_step(model, batch, "float32", None, attention="xla")[0], "float32"),
       "nag_jax, no gradient fence": (jax_step(model, batch, "float32", None, grad_fence="off")[0], "float32"),
+      "nag_jax, YNNPACK dots": (jax_step(model, batch, "float32", XLA_DEFAULT_DOTS)[0], "float32"),
       "nag_jax, XLA fusion pass off": (jax_step(model, batch, "float32", FUSION_OFF)[0], "float32"),
       **{name: (torch_step(model, batch, autocast=dt == "bfloat16"), dt) for dt, name in TORCH_ROWS.items()}}
   mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt)) for dt in ("float32", "bfloat16")}
+  mms["float32 YNNPACK"] = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32, XLA_DEFAULT_DOTS)
   times = {k: [] for k in commands}
   mm_times, loads = {dt: [] for dt in mms}, []
   for _ in range(repeats):
@@ -148,7 +156,7 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
   ref = {dt: statistics.median(times[name]) for dt, name in TORCH_ROWS.items()}
   rows = []
   for name, ts in times.items():
-    sec, dt = statistics.median(ts), commands[name][1]
+    sec, dt = statistics.median(ts), commands[name][1]  # "of matmul" against the dtype's rate as the step runs it
     rows.append((name, sec, sec / batch_size, ref["float32"] / sec, ref[dt] / sec, flops / sec / rate[dt]))
   return rows, loads, rate
 
@@ -163,7 +171,8 @@ def main() -> None:
   part_times, part_loads = alternated({k: fn for k, (fn, _) in parts.items()}, args.repeats)
   rows, loads, rate = run(args.model, args.batch, args.repeats)
   print(f"device: {jax.devices()[0].device_kind}; {args.model}, batch {args.batch}; XLA matmul at the model's "
-        f"shapes {rate['float32'] / 1e9:.0f} GFLOP/s float32, {rate['bfloat16'] / 1e9:.0f} bfloat16; "
+        f"shapes {rate['float32'] / 1e9:.0f} GFLOP/s float32 (YNNPACK dots: {rate['float32 YNNPACK'] / 1e9:.0f}), "
+        f"{rate['bfloat16'] / 1e9:.0f} bfloat16; "
         "load average per repetition: " + ", ".join(f"{v:.2f}" for v in loads))
   print("\n| command | s/step | s/sample | vs torch f32 | vs torch, same dtype | of matmul, its dtype |")
   print("|---|---|---|---|---|---|")

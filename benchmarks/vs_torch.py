@@ -32,6 +32,7 @@ from nag_jax.checkpoints.dit_convert import torch_to_flax
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models import DiT, get_model_config
+from nag_jax.models.layers import dot_compiler_options
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler, rows_per_pass
 from tests.reference.official_dit import DiT as TorchDiT
 
@@ -117,11 +118,14 @@ def matmul_shapes(config, rows: int) -> list[tuple[int, int, int]]:
   return [(m, d, 3 * d), (m, d, d), (m, d, h), (m, h, d)]
 
 
-def matmul_rate_fn(shapes: list[tuple[int, int, int]], dtype) -> tuple[Callable[[], object], float]:
-  """(call, FLOPs): XLA dots at these shapes in `dtype`, accumulated in float32 as the model's are."""
+def matmul_rate_fn(shapes: list[tuple[int, int, int]], dtype,
+                   options: dict[str, str] | None = None) -> tuple[Callable[[], object], float]:
+  """(call, FLOPs): XLA dots at these shapes in `dtype`, accumulated in float32 as the model's are, compiled
+  with the model's dot options for `dtype` (`dot_compiler_options`) unless `options` are given."""
   key = jax.random.key(0)
   ops = [(jax.random.normal(key, (m, k), dtype), jax.random.normal(key, (k, n), dtype)) for m, k, n in shapes]
-  f = jax.jit(lambda ops: [jnp.dot(a, b, preferred_element_type=jnp.float32) for a, b in ops])
+  f = jax.jit(lambda ops: [jnp.dot(a, b, preferred_element_type=jnp.float32) for a, b in ops],
+              compiler_options=dot_compiler_options(dtype) if options is None else options)
   jax.block_until_ready(f(ops))
   return (lambda: f(ops)), float(sum(2 * m * k * n for m, k, n in shapes))
 

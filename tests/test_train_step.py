@@ -6,13 +6,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 import pytest
 
 from nag_jax import diffusion
 from nag_jax.models import DiT, ModelConfig, init_params
-from nag_jax.models.layers import mixed_einsum
-from nag_jax.training import TrainState, create_objective, create_optimizer, get_base_config, train_step
+from nag_jax.models.layers import XLA_DEFAULT_DOTS, YNN_DOTS_OPTION, dot_compiler_options, mixed_einsum
+from nag_jax.sharding import make_mesh
+from nag_jax.training import (TrainState, create_objective, create_optimizer, get_base_config, jit_train_step,
+                              train_step)
+from nag_jax.training.config_validation import model_config_of
+from nag_jax.training.init_state import state_initializer
 from tests.reference.losses import diffusion_training_losses, flow_training_losses
 
 jax.config.update("jax_threefry_partitionable", True)
@@ -299,3 +304,29 @@ def test_learning_rate_schedules_warm_up_then_decay_to_the_end_factor():
   g = {"w": jnp.full((4,), 10.0)}  # global norm 20 -> clipped to 1 before AdamW: first moments = 0.1 * clipped
   _, opt = tx.update(g, tx.init(g), g)
   np.testing.assert_allclose(np.asarray(opt[1][0].mu["w"]), 0.1 * 10.0 / 20.0, rtol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the dot library choice is XLA:CPU's")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_jit_train_step_picks_the_cpu_dot_library_by_dtype(dtype, monkeypatch):
+  """The compiled step runs float32 dots in Eigen (no YNNPACK fusion; faster on XLA:CPU, benchmarks/train.py) and
+  bfloat16 ones in YNNPACK; the state after a step is XLA's default's up to summation order; an XLA_FLAGS setting
+  of the option is left to XLA."""
+  config = get_base_config()
+  config.model = ml_collections.ConfigDict(TINY.replace(dtype=dtype, hidden_size=64, num_heads=4).to_dict())
+  config.global_batch_size = 4
+  mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+  mc = model_config_of(config)
+  initialize, abstract, schedule = state_initializer(config, mc, mesh)
+  jit_step = functools.partial(jit_train_step, jax.tree.map(lambda s: s.sharding, abstract), mesh, compute_dtype=dtype,
+                               objective=create_objective(mc, config.objective), learning_rate_fn=schedule)
+  batch = batch_of(4)
+  states = {}
+  for name, options in (("library", None), ("xla default", XLA_DEFAULT_DOTS)):
+    step = jit_step(compiler_options=options)
+    hlo = step.lower(abstract, batch).compile().as_text()
+    assert ("ynn_fusion" in hlo) == (name == "xla default" or dtype == "bfloat16"), name
+    states[name], _ = step(initialize(), batch)
+  assert max_difference(states["library"].params, states["xla default"].params) < 1e-6
+  monkeypatch.setenv("XLA_FLAGS", f"--{YNN_DOTS_OPTION}=individual_dot")
+  assert dot_compiler_options("float32") == {}

@@ -23,6 +23,7 @@ from nag_jax.demo.config import DemoConfig, Variant
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT
 from nag_jax.models.embeddings import timestep_embedding
+from nag_jax.models.layers import dot_compiler_options
 from nag_jax.training import checkpointing, loop
 from nag_jax.training.base_config import get_base_config
 
@@ -148,7 +149,8 @@ def branch_errors(model_config: ModelConfig, params: Any, x1: np.ndarray, y: np.
   readable from x) while staying a distinct function; an untrained one is far worse.
   """
   model, path = DiT(model_config), flow.create_transport("Linear").path
-  apply = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
+  apply = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y),
+                  compiler_options=dot_compiler_options(model_config.dtype))
   x1, y = jnp.asarray(x1), jnp.asarray(y)
   out = {"cond": [], "pseudo": [], "gap": []}
   for k, t in enumerate(times):

@@ -15,6 +15,7 @@ from nag_jax.guidance import Branched, GuidanceConfig, make_segments
 from nag_jax.guidance.classifier_nag import Estimator
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, cast_for_compute
+from nag_jax.models.layers import dot_compiler_options
 from nag_jax.models.noise_estimator import NoiseEstimator
 from nag_jax.sampling import common
 from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_levels, sample_diffusion
@@ -188,9 +189,10 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     return result
 
   sample.num_classes = model_config.num_classes  # for wrappers (shard_sampler) that check concrete labels
+  sample.compiler_options = dot_compiler_options(model_config.dtype)  # for the wrappers that jit it
   if not jit:
     return sample
-  compiled = jax.jit(sample)
+  compiled = jax.jit(sample, compiler_options=sample.compiler_options)
 
   def checked(params, key, labels, *args, **kwargs):
     checks.check_labels(labels, model_config.num_classes)  # the values, before they are traced

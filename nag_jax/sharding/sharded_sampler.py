@@ -35,7 +35,8 @@ def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, placed(x)), out)
 
   compiled = jax.jit(positional, in_shardings=(param_shardings, rep, batch_sharding(mesh), rep,
-                                               rep if parent_shardings is None else parent_shardings, rep, rep))
+                                               rep if parent_shardings is None else parent_shardings, rep, rep),
+                     compiler_options=getattr(sample_fn, "compiler_options", None))
 
   def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
     check_batch(mesh, labels.shape[0])

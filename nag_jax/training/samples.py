@@ -43,7 +43,7 @@ def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict
     outs = [fn(params, jax.random.key(seed), labels, decoder_params=decoder_params) for fn in fns]
     return [o["latents"] if decode is None else o["images"] for o in outs]
 
-  run = jax.jit(both, in_shardings=(param_shardings, rep), out_shardings=rep)
+  run = jax.jit(both, in_shardings=(param_shardings, rep), out_shardings=rep, compiler_options=fns[0].compiler_options)
 
   def sample_grid(params):
     return grid([to_rgb_uint8(x) if decode is None else np.asarray(x) for x in run(params, vae_params)])

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from nag_jax.models.layers import dot_compiler_options
 from nag_jax.sharding import batch_sharding, replicated
 from nag_jax.training.objectives import Objective
 from nag_jax.training.train_state import TrainState
@@ -58,15 +59,16 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective, accumul
   return new_state, metrics
 
 
-def jit_train_step(state_shardings: Any, mesh: Mesh, *, image_ndim: int = 4,
+def jit_train_step(state_shardings: Any, mesh: Mesh, *, compute_dtype: str, image_ndim: int = 4,
                    compiler_options: dict[str, str] | None = None,
                    **step_kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """`train_step` jitted with explicit shardings (state as given, batch over data x fsdp), state donated.
 
-  `compiler_options` go to XLA unchanged (benchmarks/train.py uses them to compare XLA:CPU's fusion pass off).
+  XLA gets the model's `compute_dtype`'s dot options (`dot_compiler_options`), then `compiler_options`
+  (benchmarks/train.py uses them to compare XLA:CPU's fusion pass off).
   """
   batch_shardings = {"x": batch_sharding(mesh, image_ndim), "y": batch_sharding(mesh, 1)}
   return jax.jit(functools.partial(train_step, **step_kwargs),
                  in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0,
-                 compiler_options=compiler_options)
+                 compiler_options={**dot_compiler_options(compute_dtype), **(compiler_options or {})})
