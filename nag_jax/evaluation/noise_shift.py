@@ -18,7 +18,6 @@ import scipy.stats
 from nag_jax import checks
 from nag_jax.flow.paths import expand_t_like_x
 from nag_jax.process import Process
-from nag_jax.models.layers import dot_compiler_options
 from nag_jax.models.noise_estimator import NoiseEstimator
 
 FORWARD = "forward"
@@ -46,7 +45,7 @@ def make_level_fn(estimator: NoiseEstimator, process: Process,
   def levels(params, states, y):
     g = jax.lax.map(lambda x: estimator.apply({"params": params}, x, y), states)
     return process.estimate_to_level(g)
-  compiled = jax.jit(levels, compiler_options=dot_compiler_options(estimator.config.dtype))
+  compiled = jax.jit(levels)
 
   def checked(params, states, y):
     checks.check_labels(y, num_classes, "estimator labels y")
