@@ -9,7 +9,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from nag_jax.models.layers import dot_compiler_options
 
 
 def time_call(fn: Callable, *args, repeats: int = 3) -> float:
@@ -40,11 +39,11 @@ def alternated(calls: dict[Any, Callable[[], object]], repeats: int) -> tuple[di
   return {k: statistics.median(v) for k, v in times.items()}, loads
 
 
-def matmul_flops_per_s(n: int = 2048, dtype=jnp.float32) -> float:
-  """Achieved FLOP/s of one n x n x n matmul under XLA on this machine (2 n^3 FLOPs), with the model's dot
-  options for `dtype`."""
+def matmul_flops_per_s(options: dict[str, str], n: int = 2048, dtype=jnp.float32) -> float:
+  """Achieved FLOP/s of one n x n x n matmul under XLA on this machine (2 n^3 FLOPs), compiled with `options`
+  (the model's `dot_compiler_options`)."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda x: x @ x, compiler_options=dot_compiler_options(dtype))
+  f = jax.jit(lambda x: x @ x, compiler_options=options)
   return 2 * n ** 3 / time_call(f, a, repeats=5)
 
 

@@ -32,7 +32,7 @@ from benchmarks.common import alternated
 from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model, wall_time
 from nag_jax.models import ModelConfig, get_model_config
 from nag_jax.models.dit import attention
-from nag_jax.models.layers import XLA_DEFAULT_DOTS, dot_compiler_options
+from nag_jax.models.layers import XLA_DEFAULT_YNN, dot_compiler_options
 from nag_jax.sharding import make_mesh
 from nag_jax.training import create_objective, get_base_config, jit_train_step, model_fields
 from nag_jax.training.config_validation import model_config_of
@@ -51,7 +51,7 @@ def jax_step(model: str, batch: dict, dtype: str, compiler_options: dict | None,
   mesh = make_mesh({"data": -1})
   mc = model_config_of(config)
   initialize, abstract, schedule = state_initializer(config, mc, mesh)
-  step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, compute_dtype=mc.dtype,
+  step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, model_config=mc,
                         compiler_options=compiler_options,
                         objective=create_objective(mc, config.objective), learning_rate_fn=schedule)
   holder = {"state": initialize()}
@@ -96,7 +96,7 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   mc = get_model_config(model, image_size=256)
   head_dim = mc.hidden_size // mc.num_heads
   q = jax.random.normal(jax.random.key(0), (4, batch_size, mc.num_tokens, mc.num_heads, head_dim))
-  options = dot_compiler_options("float32")
+  options = dot_compiler_options("float32", mc.num_tokens)
   core = jax.jit(jax.grad(lambda q: jnp.sum(attention(q[0], q[1], q[2], ModelConfig.attention) * q[3])),
                  compiler_options=options)
   tq = torch.from_numpy(np.array(q)).permute(0, 1, 3, 2, 4).contiguous()
@@ -139,11 +139,12 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
       "nag_jax, bfloat16": (jax_step(model, batch, "bfloat16", None)[0], "bfloat16"),
       "nag_jax, xla attention": (jax_step(model, batch, "float32", None, attention="xla")[0], "float32"),
       "nag_jax, no gradient fence": (jax_step(model, batch, "float32", None, grad_fence="off")[0], "float32"),
-      "nag_jax, YNNPACK dots": (jax_step(model, batch, "float32", XLA_DEFAULT_DOTS)[0], "float32"),
+      "nag_jax, YNNPACK dots": (jax_step(model, batch, "float32", XLA_DEFAULT_YNN)[0], "float32"),
       "nag_jax, XLA fusion pass off": (jax_step(model, batch, "float32", FUSION_OFF)[0], "float32"),
       **{name: (torch_step(model, batch, autocast=dt == "bfloat16"), dt) for dt, name in TORCH_ROWS.items()}}
-  mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt)) for dt in ("float32", "bfloat16")}
-  mms["float32 YNNPACK"] = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32, XLA_DEFAULT_DOTS)
+  mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt), dot_compiler_options(dt, mc.num_tokens))
+         for dt in ("float32", "bfloat16")}
+  mms["float32 YNNPACK"] = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32, XLA_DEFAULT_YNN)
   times = {k: [] for k in commands}
   mm_times, loads = {dt: [] for dt in mms}, []
   for _ in range(repeats):

@@ -119,13 +119,13 @@ def matmul_shapes(config, rows: int) -> list[tuple[int, int, int]]:
 
 
 def matmul_rate_fn(shapes: list[tuple[int, int, int]], dtype,
-                   options: dict[str, str] | None = None) -> tuple[Callable[[], object], float]:
+                   options: dict[str, str]) -> tuple[Callable[[], object], float]:
   """(call, FLOPs): XLA dots at these shapes in `dtype`, accumulated in float32 as the model's are, compiled
-  with the model's dot options for `dtype` (`dot_compiler_options`) unless `options` are given."""
+  with `options` (the model's `dot_compiler_options`, or others to compare)."""
   key = jax.random.key(0)
   ops = [(jax.random.normal(key, (m, k), dtype), jax.random.normal(key, (k, n), dtype)) for m, k, n in shapes]
   f = jax.jit(lambda ops: [jnp.dot(a, b, preferred_element_type=jnp.float32) for a, b in ops],
-              compiler_options=dot_compiler_options(dtype) if options is None else options)
+              compiler_options=options)
   jax.block_until_ready(f(ops))
   return (lambda: f(ops)), float(sum(2 * m * k * n for m, k, n in shapes))
 
@@ -176,7 +176,9 @@ def run_benchmark(models: list[str], row_counts: list[int], steps: int, repeats:
   cases = [c for n in models for r in row_counts for c in build_cases(n, r, steps, dtypes)]
   rates = {}
   for key in sorted({(c["model"], c["dot_rows"], c["dtype"]) for c in cases}):
-    call, flops = matmul_rate_fn(matmul_shapes(get_model_config(key[0]), key[1]), jnp.dtype(key[2]))
+    mc = get_model_config(key[0])
+    call, flops = matmul_rate_fn(matmul_shapes(mc, key[1]), jnp.dtype(key[2]),
+                                 dot_compiler_options(key[2], mc.num_tokens))
     rates[key] = dict(fn=call, flops=flops, times=[])
   loads = []
   for _ in range(repeats):

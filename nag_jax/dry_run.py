@@ -70,7 +70,7 @@ def report(args: argparse.Namespace) -> dict:
   batch = {"x": jax.ShapeDtypeStruct((c.global_batch_size, size, size, model_cfg.in_channels), jnp.float32,
                                      sharding=sharding.batch_sharding(mesh, 4)),
            "y": jax.ShapeDtypeStruct((c.global_batch_size,), jnp.int32, sharding=sharding.batch_sharding(mesh))}
-  step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, compute_dtype=model_cfg.dtype,
+  step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, model_config=model_cfg,
                         objective=create_objective(model_cfg, c.objective),
                         accumulation_steps=c.optimizer.accumulation_steps, learning_rate_fn=schedule)
   with jax.set_mesh(mesh):

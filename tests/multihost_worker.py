@@ -55,7 +55,7 @@ def main(out_dir: pathlib.Path, num_processes: int, process_id: int, port: int) 
   with jax.set_mesh(mesh):
     initialize, abstract, schedule = init_state.state_initializer(c, model_cfg, mesh)
     state = initialize()
-    step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, compute_dtype=model_cfg.dtype,
+    step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, model_config=model_cfg,
                           objective=create_objective(model_cfg, c.objective), learning_rate_fn=schedule)
     for _ in range(STEPS):
       x = rng.standard_normal((BATCH, 8, 8, 4)).astype(np.float32)

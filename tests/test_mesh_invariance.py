@@ -176,7 +176,7 @@ def _child(out_path):
       state = initialize()
       results.update(_flat(f"train/{name}/init/", state.params))
       step = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract), mesh, objective=objective,
-                            compute_dtype=model_cfg.dtype, learning_rate_fn=schedule)
+                            model_config=model_cfg, learning_rate_fn=schedule)
       for _ in range(TRAIN_STEPS):
         state, _ = step(state, jax.device_put(batch, {"x": xs, "y": sharding.batch_sharding(mesh)}))
       results.update(_flat(f"train/{name}/params/", state.params))

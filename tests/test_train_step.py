@@ -12,7 +12,8 @@ import pytest
 
 from nag_jax import diffusion
 from nag_jax.models import DiT, ModelConfig, init_params
-from nag_jax.models.layers import XLA_DEFAULT_DOTS, YNN_DOTS_OPTION, dot_compiler_options, mixed_einsum
+from nag_jax.models.layers import (EIGEN_MIN_TOKENS, XLA_DEFAULT_YNN, YNN_DOTS_OPTION, dot_compiler_options,
+                                   mixed_einsum)
 from nag_jax.sharding import make_mesh
 from nag_jax.training import (TrainState, create_objective, create_optimizer, get_base_config, jit_train_step,
                               train_step)
@@ -307,26 +308,29 @@ def test_learning_rate_schedules_warm_up_then_decay_to_the_end_factor():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the dot library choice is XLA:CPU's")
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_jit_train_step_picks_the_cpu_dot_library_by_dtype(dtype, monkeypatch):
-  """The compiled step runs float32 dots in Eigen (no YNNPACK fusion; faster on XLA:CPU, benchmarks/train.py) and
-  bfloat16 ones in YNNPACK; the state after a step is XLA's default's up to summation order; an XLA_FLAGS setting
-  of the option is left to XLA."""
+@pytest.mark.parametrize("dtype,input_size", [("float32", 16), ("float32", 8), ("bfloat16", 16)])
+def test_jit_train_step_picks_the_cpu_dot_library_by_dtype_and_tokens(dtype, input_size, monkeypatch):
+  """The compiled step runs float32 dots in Eigen from EIGEN_MIN_TOKENS tokens on (no YNNPACK fusion; faster on
+  XLA:CPU, benchmarks/train.py) and bfloat16 or few-token ones in YNNPACK; the state after a step is XLA's
+  default's up to summation order; an XLA_FLAGS setting of the option is left to XLA."""
+  mc = TINY.replace(dtype=dtype, input_size=input_size, hidden_size=64, num_heads=4)
+  assert (mc.num_tokens >= EIGEN_MIN_TOKENS) == (input_size == 16)
   config = get_base_config()
-  config.model = ml_collections.ConfigDict(TINY.replace(dtype=dtype, hidden_size=64, num_heads=4).to_dict())
+  config.model = ml_collections.ConfigDict(mc.to_dict())
   config.global_batch_size = 4
   mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
   mc = model_config_of(config)
   initialize, abstract, schedule = state_initializer(config, mc, mesh)
-  jit_step = functools.partial(jit_train_step, jax.tree.map(lambda s: s.sharding, abstract), mesh, compute_dtype=dtype,
+  jit_step = functools.partial(jit_train_step, jax.tree.map(lambda s: s.sharding, abstract), mesh, model_config=mc,
                                objective=create_objective(mc, config.objective), learning_rate_fn=schedule)
-  batch = batch_of(4)
+  batch = batch_of(4, mc)
+  eigen = dtype == "float32" and input_size == 16
   states = {}
-  for name, options in (("library", None), ("xla default", XLA_DEFAULT_DOTS)):
+  for name, options in (("library", None), ("xla default", XLA_DEFAULT_YNN)):
     step = jit_step(compiler_options=options)
     hlo = step.lower(abstract, batch).compile().as_text()
-    assert ("ynn_fusion" in hlo) == (name == "xla default" or dtype == "bfloat16"), name
+    assert ("ynn_fusion" in hlo) == (name == "xla default" or not eigen), name
     states[name], _ = step(initialize(), batch)
   assert max_difference(states["library"].params, states["xla default"].params) < 1e-6
   monkeypatch.setenv("XLA_FLAGS", f"--{YNN_DOTS_OPTION}=individual_dot")
-  assert dot_compiler_options("float32") == {}
+  assert dot_compiler_options("float32", mc.num_tokens) == {}

@@ -17,16 +17,22 @@ import jax.numpy as jnp
 
 from nag_jax.models import initializers as init
 
-# XLA:CPU's choice of dot library: its default runs each dot in YNNPACK, "" leaves them to Eigen.
+# XLA:CPU's choice of dot library: its default runs each dot and convolution in YNNPACK, "" leaves them to Eigen.
 YNN_DOTS_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-XLA_DEFAULT_DOTS = {YNN_DOTS_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+XLA_DEFAULT_YNN = {YNN_DOTS_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 
 
-def dot_compiler_options(dtype: Any) -> dict[str, str]:
-  """XLA options for a program whose dots run in `dtype`. On CPU, float32 dots go to Eigen, which ran 1.4-2x
-  YNNPACK's rate at DiT-S/2's shapes (benchmarks/train.py prints both); bfloat16 ones stay in YNNPACK, 2x
-  Eigen's there. Elsewhere, or when XLA_FLAGS sets the option itself, none."""
-  if (jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32
+# Below this many tokens Eigen's batched attention dots are slower than YNNPACK's (folded core forward, 2-core
+# Xeon: 5.7x YNNPACK's time at 4 tokens, 1.8x at 16, 0.97x at 64, 0.79x at 256).
+EIGEN_MIN_TOKENS = 64
+
+
+def dot_compiler_options(dtype: Any, num_tokens: int) -> dict[str, str]:
+  """XLA options for a model program whose dots run in `dtype` on `num_tokens` tokens. On CPU, float32 dots go to
+  Eigen from EIGEN_MIN_TOKENS tokens on: its rate was 1.1-1.6x YNNPACK's at the dense layers' shapes
+  (benchmarks/train.py prints both); bfloat16 ones, and the few-token attention of small models, stay in YNNPACK.
+  Elsewhere, or when XLA_FLAGS sets the option itself, none."""
+  if (jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or num_tokens < EIGEN_MIN_TOKENS
       or YNN_DOTS_OPTION in os.environ.get("XLA_FLAGS", "")):
     return {}
   return {YNN_DOTS_OPTION: ""}

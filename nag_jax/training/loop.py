@@ -73,7 +73,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
 
   objective = create_objective(model_config, config.objective, noise_level=config.mode == "noise_estimator")
   step_fn = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract_state), mesh, objective=objective,
-                           compute_dtype=model_config.dtype,
+                           model_config=model_config,
                            accumulation_steps=config.optimizer.accumulation_steps, learning_rate_fn=schedule)
   sample_fn = None
   if config.sample.every_steps and writer is not None:
