@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def time_call(fn: Callable, *args, repeats: int = 3) -> float:
   """Median wall time in seconds of `repeats` calls of `fn(*args)` after one warm-up call (compile excluded)."""
   jax.block_until_ready(fn(*args))

@@ -37,7 +37,7 @@ def cases(name: str, rows: int, dtype: str, attentions: list[str]) -> dict[tuple
   heads, tokens = base.num_heads, base.num_tokens
   q = jax.random.normal(jax.random.key(1), (3, rows, tokens, heads, base.hidden_size // heads), jnp.dtype(dtype))
   dense, _ = matmul_rate_fn(matmul_shapes(base, rows), jnp.dtype(dtype),
-                            dot_compiler_options(dtype, base.num_tokens))
+                            dot_compiler_options(base.replace(dtype=dtype)))
   tx, tt, ty = (torch.from_numpy(np.array(a)) for a in (jnp.transpose(x, (0, 3, 1, 2)), t, y))
   tq = torch.from_numpy(np.array(q, np.float32)).permute(0, 1, 3, 2, 4).contiguous()
   tdense = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in matmul_shapes(base, rows)]
@@ -52,7 +52,7 @@ def cases(name: str, rows: int, dtype: str, attentions: list[str]) -> dict[tuple
          ("torch", "dense"): (torch_call(lambda: [a @ b for a, b in tdense]), base.depth)}
   for backend in attentions:
     model = DiT(base.replace(dtype=dtype, attention=backend))
-    options = dot_compiler_options(dtype, base.num_tokens)
+    options = dot_compiler_options(model.config)
     fwd = jax.jit(lambda p, x, t, y, model=model: model.apply({"params": p}, x, t, y), compiler_options=options)
     core = jax.jit(lambda q, backend=backend: attention(q[0], q[1], q[2], backend), compiler_options=options)
     impl = f"nag_jax {backend}"

@@ -28,7 +28,7 @@ MODES = {"none": GuidanceConfig(), "cfg": GuidanceConfig(cfg_scale=1.5),
 
 def python_loop_sampler(model, params, g: GuidanceConfig, labels, steps: int):
   """The same DDPM steps with one jitted model call per branch, driven from Python."""
-  options = dot_compiler_options(model.config.dtype, model.config.num_tokens)
+  options = dot_compiler_options(model.config)
   fwd = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y), compiler_options=options)
   diffusion = create_diffusion(str(steps))
   active = g.active_terms(0.5)
@@ -60,7 +60,7 @@ def bench_model(name: str, batch: int, steps: int, rate: float, repeats: int) ->
   fwd = lambda p, x, t, y: model.apply({"params": p}, x, t, y)
   flops_1 = compiled_flops(fwd, params, x, jnp.zeros(batch), labels) / batch
   x3, t3, y3 = jnp.concatenate([x] * 3), jnp.zeros(3 * batch), jnp.concatenate([labels] * 3)
-  fwd3 = jax.jit(fwd, compiler_options=dot_compiler_options(config.dtype, config.num_tokens))
+  fwd3 = jax.jit(fwd, compiler_options=dot_compiler_options(config))
   calls = {"fwd3": lambda: fwd3(params, x3, t3, y3)}
   for mode, g in MODES.items():
     sample = build_sampler(config, SamplerConfig(method="ddpm", num_steps=steps), g)
@@ -101,7 +101,7 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args()
   first = get_model_config(args.models.split(",")[0], image_size=256)
-  rate = matmul_flops_per_s(dot_compiler_options("float32", first.num_tokens))
+  rate = matmul_flops_per_s(dot_compiler_options(first))
   rows, loads = [], []
   for m in args.models.split(","):
     model_rows, model_loads = bench_model(m, args.batch, args.steps, rate, args.repeats)

@@ -96,7 +96,7 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   mc = get_model_config(model, image_size=256)
   head_dim = mc.hidden_size // mc.num_heads
   q = jax.random.normal(jax.random.key(0), (4, batch_size, mc.num_tokens, mc.num_heads, head_dim))
-  options = dot_compiler_options("float32", mc.num_tokens)
+  options = dot_compiler_options(mc)
   core = jax.jit(jax.grad(lambda q: jnp.sum(attention(q[0], q[1], q[2], ModelConfig.attention) * q[3])),
                  compiler_options=options)
   tq = torch.from_numpy(np.array(q)).permute(0, 1, 3, 2, 4).contiguous()
@@ -142,7 +142,7 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
       "nag_jax, YNNPACK dots": (jax_step(model, batch, "float32", XLA_DEFAULT_YNN)[0], "float32"),
       "nag_jax, XLA fusion pass off": (jax_step(model, batch, "float32", FUSION_OFF)[0], "float32"),
       **{name: (torch_step(model, batch, autocast=dt == "bfloat16"), dt) for dt, name in TORCH_ROWS.items()}}
-  mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt), dot_compiler_options(dt, mc.num_tokens))
+  mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt), dot_compiler_options(mc.replace(dtype=dt)))
          for dt in ("float32", "bfloat16")}
   mms["float32 YNNPACK"] = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32, XLA_DEFAULT_YNN)
   times = {k: [] for k in commands}

@@ -178,7 +178,7 @@ def run_benchmark(models: list[str], row_counts: list[int], steps: int, repeats:
   for key in sorted({(c["model"], c["dot_rows"], c["dtype"]) for c in cases}):
     mc = get_model_config(key[0])
     call, flops = matmul_rate_fn(matmul_shapes(mc, key[1]), jnp.dtype(key[2]),
-                                 dot_compiler_options(key[2], mc.num_tokens))
+                                 dot_compiler_options(mc.replace(dtype=key[2])))
     rates[key] = dict(fn=call, flops=flops, times=[])
   loads = []
   for _ in range(repeats):

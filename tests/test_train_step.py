@@ -332,4 +332,4 @@ def test_jit_train_step_picks_the_cpu_dot_library_by_dtype_and_tokens(dtype, inp
     states[name], _ = step(initialize(), batch)
   assert max_difference(states["library"].params, states["xla default"].params) < 1e-6
   monkeypatch.setenv("XLA_FLAGS", f"--{YNN_DOTS_OPTION}=individual_dot")
-  assert dot_compiler_options("float32", mc.num_tokens) == {}
+  assert dot_compiler_options(mc) == {}

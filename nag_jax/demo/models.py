@@ -150,7 +150,7 @@ def branch_errors(model_config: ModelConfig, params: Any, x1: np.ndarray, y: np.
   """
   model, path = DiT(model_config), flow.create_transport("Linear").path
   apply = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y),
-                  compiler_options=dot_compiler_options(model_config.dtype, model_config.num_tokens))
+                  compiler_options=dot_compiler_options(model_config))
   x1, y = jnp.asarray(x1), jnp.asarray(y)
   out = {"cond": [], "pseudo": [], "gap": []}
   for k, t in enumerate(times):

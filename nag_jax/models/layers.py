@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from nag_jax.models import initializers as init
+from nag_jax.models.config import ModelConfig
 
 # XLA:CPU's choice of dot library: its default runs each dot and convolution in YNNPACK, "" leaves them to Eigen.
 YNN_DOTS_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -27,12 +28,13 @@ XLA_DEFAULT_YNN = {YNN_DOTS_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_
 EIGEN_MIN_TOKENS = 64
 
 
-def dot_compiler_options(dtype: Any, num_tokens: int) -> dict[str, str]:
-  """XLA options for a model program whose dots run in `dtype` on `num_tokens` tokens. On CPU, float32 dots go to
-  Eigen from EIGEN_MIN_TOKENS tokens on: its rate was 1.1-1.6x YNNPACK's at the dense layers' shapes
+def dot_compiler_options(config: ModelConfig) -> dict[str, str]:
+  """XLA options for a program of this model (its dtype and token count). On CPU, float32 dots go to Eigen from
+  EIGEN_MIN_TOKENS tokens on: its rate was 1.1-1.6x YNNPACK's at the dense layers' shapes
   (benchmarks/train.py prints both); bfloat16 ones, and the few-token attention of small models, stay in YNNPACK.
   Elsewhere, or when XLA_FLAGS sets the option itself, none."""
-  if (jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or num_tokens < EIGEN_MIN_TOKENS
+  if (jax.default_backend() != "cpu" or config.compute_dtype != jnp.float32
+      or config.num_tokens < EIGEN_MIN_TOKENS
       or YNN_DOTS_OPTION in os.environ.get("XLA_FLAGS", "")):
     return {}
   return {YNN_DOTS_OPTION: ""}

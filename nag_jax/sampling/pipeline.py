@@ -189,7 +189,7 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     return result
 
   sample.num_classes = model_config.num_classes  # for wrappers (shard_sampler) that check concrete labels
-  sample.compiler_options = dot_compiler_options(model_config.dtype, model_config.num_tokens)  # for the wrappers that jit it
+  sample.compiler_options = dot_compiler_options(model_config)  # for the wrappers that jit it
   if not jit:
     return sample
   compiled = jax.jit(sample, compiler_options=sample.compiler_options)
