@@ -24,7 +24,8 @@ from nag_jax.sampling.sde_sampler import SDE_SAMPLERS, sample_sde, sde_noise_lev
 
 
 # One forward pass's MLP activations (rows x tokens x MLP width) on a single CPU device: those of 8 DiT-S/2
-# rows at 256 px (12.6 MB), the fastest pass size measured by benchmarks.vs_torch; larger passes fall out of cache.
+# rows at 256 px (12.6 MB), the fastest pass size measured by benchmarks.vs_torch with YNNPACK's dots (bfloat16;
+# float32 before Eigen), whose rate falls with M; with float32 in Eigen no pass size was faster at every row count.
 CPU_PASS_ACTIVATIONS = 8 * 256 * 1536
 
 
