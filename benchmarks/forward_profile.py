@@ -36,8 +36,7 @@ def cases(name: str, rows: int, dtype: str, attentions: list[str]) -> dict[tuple
   t, y = jnp.full((rows,), 0.5 if base.family == "sit" else 500.0), jnp.arange(rows, dtype=jnp.int32) % 10
   heads, tokens = base.num_heads, base.num_tokens
   q = jax.random.normal(jax.random.key(1), (3, rows, tokens, heads, base.hidden_size // heads), jnp.dtype(dtype))
-  dense, _ = matmul_rate_fn(matmul_shapes(base, rows), jnp.dtype(dtype),
-                            dot_compiler_options(base.replace(dtype=dtype)))
+  dense, _ = matmul_rate_fn(base.replace(dtype=dtype), rows)
   tx, tt, ty = (torch.from_numpy(np.array(a)) for a in (jnp.transpose(x, (0, 3, 1, 2)), t, y))
   tq = torch.from_numpy(np.array(q, np.float32)).permute(0, 1, 3, 2, 4).contiguous()
   tdense = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in matmul_shapes(base, rows)]

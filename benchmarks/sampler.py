@@ -49,10 +49,12 @@ def python_loop_sampler(model, params, g: GuidanceConfig, labels, steps: int):
   return run
 
 
-def bench_model(name: str, batch: int, steps: int, rate: float, repeats: int) -> tuple[list[dict], list[float]]:
+def bench_model(name: str, batch: int, steps: int, repeats: int) -> tuple[list[dict], list[float]]:
   """Per guidance mode: the compiled sampler's step, the per-branch Python loop's step and one forward at 3B
-  rows, all alternated in each of `repeats` rounds (medians); and the load averages of the rounds."""
+  rows, all alternated in each of `repeats` rounds (medians), against the 2048^3 matmul rate with the model's
+  dot options; and the load averages of the rounds."""
   config = get_model_config(name, image_size=256)
+  rate = matmul_flops_per_s(dot_compiler_options(config))
   model = DiT(config)
   params = jax.jit(lambda k: init_params(config, k))(jax.random.key(0))
   labels = jnp.arange(batch) % config.num_classes
@@ -74,7 +76,7 @@ def bench_model(name: str, batch: int, steps: int, rate: float, repeats: int) ->
     per_step, loop_step = seconds[(mode, "batched")] / steps, seconds[(mode, "loop")] / steps
     achieved = k * batch * flops_1 / per_step
     rows.append(dict(model=name, mode=mode, branches=k, step_ms=1e3 * per_step, img_s=batch / (per_step * steps),
-                     gflops=achieved / 1e9, of_matmul=achieved / rate, loop_ms=1e3 * loop_step,
+                     gflops=achieved / 1e9, rate=rate, of_matmul=achieved / rate, loop_ms=1e3 * loop_step,
                      vs_fwd3=per_step / seconds["fwd3"] if mode == "nag_cfg" else float("nan")))
   return rows, loads
 
@@ -100,14 +102,14 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args()
-  first = get_model_config(args.models.split(",")[0], image_size=256)
-  rate = matmul_flops_per_s(dot_compiler_options(first))
   rows, loads = [], []
   for m in args.models.split(","):
-    model_rows, model_loads = bench_model(m, args.batch, args.steps, rate, args.repeats)
+    model_rows, model_loads = bench_model(m, args.batch, args.steps, args.repeats)
     rows, loads = rows + model_rows, loads + model_loads
-  print(f"device: {jax.devices()[0].device_kind}; measured f32 matmul (2048^3): {rate / 1e9:.1f} GFLOP/s; medians of "
-        f"{args.repeats} alternated rounds, load average per round: " + ", ".join(f"{v:.2f}" for v in loads))
+  rates = ", ".join(f"{r['model']} {r['rate'] / 1e9:.1f}" for r in rows if r["mode"] == "none")
+  print(f"device: {jax.devices()[0].device_kind}; measured f32 matmul (2048^3, each model's dot options): {rates} "
+        f"GFLOP/s; medians of {args.repeats} alternated rounds, load average per round: "
+        + ", ".join(f"{v:.2f}" for v in loads))
   print(f"\n{'model':9} {'guidance':8} {'k':>2} {'step ms':>9} {'img/s':>8} {'GFLOP/s':>8} {'of matmul':>9} "
         f"{'py-loop ms':>10} {'step/fwd(3B)':>12}")
   for r in rows:

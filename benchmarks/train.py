@@ -142,9 +142,8 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
       "nag_jax, YNNPACK dots": (jax_step(model, batch, "float32", XLA_DEFAULT_YNN)[0], "float32"),
       "nag_jax, XLA fusion pass off": (jax_step(model, batch, "float32", FUSION_OFF)[0], "float32"),
       **{name: (torch_step(model, batch, autocast=dt == "bfloat16"), dt) for dt, name in TORCH_ROWS.items()}}
-  mms = {dt: matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.dtype(dt), dot_compiler_options(mc.replace(dtype=dt)))
-         for dt in ("float32", "bfloat16")}
-  mms["float32 YNNPACK"] = matmul_rate_fn(matmul_shapes(mc, batch_size), jnp.float32, XLA_DEFAULT_YNN)
+  mms = {dt: matmul_rate_fn(mc.replace(dtype=dt), batch_size) for dt in ("float32", "bfloat16")}
+  mms["float32 YNNPACK"] = matmul_rate_fn(mc, batch_size, XLA_DEFAULT_YNN)
   times = {k: [] for k in commands}
   mm_times, loads = {dt: [] for dt in mms}, []
   for _ in range(repeats):

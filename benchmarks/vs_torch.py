@@ -31,7 +31,7 @@ from benchmarks.common import compiled_flops
 from nag_jax.checkpoints.dit_convert import torch_to_flax
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.guidance import GuidanceConfig
-from nag_jax.models import DiT, get_model_config
+from nag_jax.models import DiT, ModelConfig, get_model_config
 from nag_jax.models.layers import dot_compiler_options
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler, rows_per_pass
 from tests.reference.official_dit import DiT as TorchDiT
@@ -118,10 +118,12 @@ def matmul_shapes(config, rows: int) -> list[tuple[int, int, int]]:
   return [(m, d, 3 * d), (m, d, d), (m, d, h), (m, h, d)]
 
 
-def matmul_rate_fn(shapes: list[tuple[int, int, int]], dtype,
-                   options: dict[str, str]) -> tuple[Callable[[], object], float]:
-  """(call, FLOPs): XLA dots at these shapes in `dtype`, accumulated in float32 as the model's are, compiled
-  with `options` (the model's `dot_compiler_options`, or others to compare)."""
+def matmul_rate_fn(config: ModelConfig, rows: int,
+                   options: dict[str, str] | None = None) -> tuple[Callable[[], object], float]:
+  """(call, FLOPs): XLA dots at the model's `matmul_shapes` for `rows` images in its dtype, accumulated in float32
+  as the model's are, compiled with its `dot_compiler_options` unless other `options` are given to compare."""
+  shapes, dtype = matmul_shapes(config, rows), config.compute_dtype
+  options = dot_compiler_options(config) if options is None else options
   key = jax.random.key(0)
   ops = [(jax.random.normal(key, (m, k), dtype), jax.random.normal(key, (k, n), dtype)) for m, k, n in shapes]
   f = jax.jit(lambda ops: [jnp.dot(a, b, preferred_element_type=jnp.float32) for a, b in ops],
@@ -176,9 +178,7 @@ def run_benchmark(models: list[str], row_counts: list[int], steps: int, repeats:
   cases = [c for n in models for r in row_counts for c in build_cases(n, r, steps, dtypes)]
   rates = {}
   for key in sorted({(c["model"], c["dot_rows"], c["dtype"]) for c in cases}):
-    mc = get_model_config(key[0])
-    call, flops = matmul_rate_fn(matmul_shapes(mc, key[1]), jnp.dtype(key[2]),
-                                 dot_compiler_options(mc.replace(dtype=key[2])))
+    call, flops = matmul_rate_fn(get_model_config(key[0]).replace(dtype=key[2]), key[1])
     rates[key] = dict(fn=call, flops=flops, times=[])
   loads = []
   for _ in range(repeats):
@@ -221,10 +221,12 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--models", default="DiT-S/2,SiT-S/2")
   p.add_argument("--rows", default="4,16,64", help="model rows per call (2 x images with CFG)")
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--steps", type=int, default=10, help="sampler steps, >= 2 (SiT's grid needs two points)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dtypes", default="float32,bfloat16")
   args = p.parse_args()
+  if args.steps < 2:
+    p.error(f"--steps must be >= 2 (SiT's official SDE grid has steps points), got {args.steps}")
   cases, loads = run_benchmark(args.models.split(","), [int(r) for r in args.rows.split(",")], args.steps,
                                args.repeats, args.dtypes.split(","))
   print_table(cases, loads, args.steps)

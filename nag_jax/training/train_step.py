@@ -72,5 +72,4 @@ def jit_train_step(state_shardings: Any, mesh: Mesh, *, model_config: ModelConfi
   return jax.jit(functools.partial(train_step, **step_kwargs),
                  in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0,
-                 compiler_options={**dot_compiler_options(model_config),
-                                   **(compiler_options or {})})
+                 compiler_options={**dot_compiler_options(model_config), **(compiler_options or {})})
