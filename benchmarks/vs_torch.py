@@ -12,12 +12,14 @@ rows at a time on one CPU device); "nag_jax one pass" runs them all at once. "of
 FLOP/s (XLA's count of one forward) / XLA's own matmul rate in the case's dtype at the shapes of the dots
 that case runs (M = rows per pass x tokens; torch: all rows), measured in the same run. Parameters are put
 on the device once, as a user loading a checkpoint would. Every measurement is the median of
-`--repeats`, the commands alternated within each repetition; the load average is printed with them.
+`--repeats`, the commands alternated within each repetition in an order shuffled per repetition (seeded), so
+that no case always runs right after the same one (torch's); the load average is printed with them.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 from typing import Callable
@@ -181,9 +183,9 @@ def run_benchmark(models: list[str], row_counts: list[int], steps: int, repeats:
     call, flops = matmul_rate_fn(get_model_config(key[0]).replace(dtype=key[2]), key[1])
     rates[key] = dict(fn=call, flops=flops, times=[])
   loads = []
-  for _ in range(repeats):
+  for repetition in range(repeats):
     loads.append(os.getloadavg()[0])
-    for c in cases:
+    for c in random.Random(repetition).sample(cases, len(cases)):
       c.setdefault("times", []).append(wall_time(c["fn"]))
     for r in rates.values():  # best of 5 back-to-back: the matmul is short and the reference is a peak
       r["times"].append(min(wall_time(r["fn"]) for _ in range(5)))
