@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 from typing import Any, Callable
@@ -21,19 +22,25 @@ def time_call(fn: Callable, *args, repeats: int = 3) -> float:
   return statistics.median(times)
 
 
+def round_order(items: list, round_index: int) -> list:
+  """`items` in round `round_index`'s order, shuffled with that seed: in a fixed order every command runs after
+  the same one, and on the 2-core VMs the one after torch's lost up to 11% (benchmarks.vs_torch, README)."""
+  return random.Random(round_index).sample(items, len(items))
+
+
 def alternated(calls: dict[Any, Callable[[], object]], repeats: int) -> tuple[dict[Any, float], list[float]]:
-  """Median wall seconds of each call over `repeats` rounds that run every call once, in turn (after one
+  """Median wall seconds of each call over `repeats` rounds that run every call once, in `round_order` (after one
   warm-up call each), and the 1-minute load average at the start of each round: alternating the commands
   exposes them to the same load on a shared machine."""
   for fn in calls.values():
     jax.block_until_ready(fn())
   times: dict[Any, list[float]] = {k: [] for k in calls}
   loads = []
-  for _ in range(repeats):
+  for r in range(repeats):
     loads.append(os.getloadavg()[0])
-    for k, fn in calls.items():
+    for k in round_order(list(calls), r):
       t0 = time.perf_counter()
-      jax.block_until_ready(fn())
+      jax.block_until_ready(calls[k]())
       times[k].append(time.perf_counter() - t0)
   return {k: statistics.median(v) for k, v in times.items()}, loads
 

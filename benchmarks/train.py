@@ -10,7 +10,7 @@ official model (tests/reference, SDPA attention) doing forward, MSE on its full 
 AdamW, in float32 and under torch's bfloat16 autocast, all at one batch.
 FLOPs per step come from XLA's cost analysis of the compiled float32 step; "of matmul" = achieved FLOP/s /
 XLA's rate at the model's own matmul shapes at this batch in the row's dtype, measured in the same run.
-Each figure is the median of `--repeats`, the commands alternated within each repetition.
+Each figure is the median of `--repeats`, the commands alternated within each repetition in `round_order`.
 A second table times the step's matmul-heavy parts alone, forward and backward at its shapes, in
 both: the attention core (`nag_jax.models.dit.attention`'s default against torch's SDPA autograd) and the
 block's four dense layers (x @ W + b and its gradients w.r.t. x, W and b), times depth. The header gives
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import alternated
+from benchmarks.common import alternated, round_order
 from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model, wall_time
 from nag_jax.models import ModelConfig, get_model_config
 from nag_jax.models.dit import attention
@@ -146,10 +146,10 @@ def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[fl
   mms["float32 YNNPACK"] = matmul_rate_fn(mc, batch_size, XLA_DEFAULT_YNN)
   times = {k: [] for k in commands}
   mm_times, loads = {dt: [] for dt in mms}, []
-  for _ in range(repeats):
+  for r in range(repeats):
     loads.append(os.getloadavg()[0])
-    for name, (fn, _) in commands.items():
-      times[name].append(wall_time(fn))
+    for name in round_order(list(commands), r):
+      times[name].append(wall_time(commands[name][0]))
     for dt, (mm, _) in mms.items():
       mm_times[dt].append(min(wall_time(mm) for _ in range(3)))
   rate = {dt: mms[dt][1] / statistics.median(ts) for dt, ts in mm_times.items()}

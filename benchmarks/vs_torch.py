@@ -12,14 +12,13 @@ rows at a time on one CPU device); "nag_jax one pass" runs them all at once. "of
 FLOP/s (XLA's count of one forward) / XLA's own matmul rate in the case's dtype at the shapes of the dots
 that case runs (M = rows per pass x tokens; torch: all rows), measured in the same run. Parameters are put
 on the device once, as a user loading a checkpoint would. Every measurement is the median of
-`--repeats`, the commands alternated within each repetition in an order shuffled per repetition (seeded), so
-that no case always runs right after the same one (torch's); the load average is printed with them.
+`--repeats`, the commands alternated within each repetition in `round_order` (shuffled, seeded); the load
+average is printed with them.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import time
 from typing import Callable
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchmarks.common import compiled_flops
+from benchmarks.common import compiled_flops, round_order
 from nag_jax.checkpoints.dit_convert import torch_to_flax
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.guidance import GuidanceConfig
@@ -185,7 +184,7 @@ def run_benchmark(models: list[str], row_counts: list[int], steps: int, repeats:
   loads = []
   for repetition in range(repeats):
     loads.append(os.getloadavg()[0])
-    for c in random.Random(repetition).sample(cases, len(cases)):
+    for c in round_order(cases, repetition):
       c.setdefault("times", []).append(wall_time(c["fn"]))
     for r in rates.values():  # best of 5 back-to-back: the matmul is short and the reference is a peak
       r["times"].append(min(wall_time(r["fn"]) for _ in range(5)))
