@@ -24,7 +24,7 @@ def time_call(fn: Callable, *args, repeats: int = 3) -> float:
 
 def round_order(items: list, round_index: int) -> list:
   """`items` in round `round_index`'s order, shuffled with that seed: in a fixed order every command runs after
-  the same one, and on the 2-core VMs the one after torch's lost up to 11% (benchmarks.vs_torch, README)."""
+  the same one, and on a 2-core VM DiT's sampler right after torch's lost about 10% (README, Benchmarks)."""
   return random.Random(round_index).sample(items, len(items))
 
 
