@@ -13,7 +13,9 @@ XLA's rate at the model's own matmul shapes at this batch in the row's dtype, me
 Each figure is the median of `--repeats`, the commands alternated within each repetition in `round_order`.
 A second table times the step's matmul-heavy parts alone, forward and backward at its shapes, in
 both: the attention core (`nag_jax.models.dit.attention`'s default against torch's SDPA autograd) and the
-block's four dense layers (x @ W + b and its gradients w.r.t. x, W and b), times depth. The header gives
+block's four dense layers (x @ W + b and its gradients w.r.t. x, W and b), times depth, and the core's three
+kinds of batched dot alone (XLA against torch.bmm; each kind runs twice per block: q k^T and dP = dO v^T,
+P v and dq = dS k, P^T dO and dS^T q). The header gives
 XLA's float32 matmul rate at the model's shapes with the step's Eigen dots and with YNNPACK's.
 """
 from __future__ import annotations
@@ -110,6 +112,19 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   # torch as nn.Linear runs it: weight (N, K), addmm forward, gradients w.r.t. x, weight, bias given g
   tops = [[torch.from_numpy(np.array(a)) for a in (x, w.T, b, g)] for x, w, b, g in ops]
 
+  n, t = batch_size * mc.num_heads, mc.num_tokens
+  a, b = (jax.random.normal(jax.random.key(5 + i), (n, t, head_dim)) for i in range(2))
+  p = jax.random.normal(jax.random.key(7), (n, t, t))
+  ta, tb, tp = (torch.from_numpy(np.array(x)) for x in (a, b, p))
+  dots = {"q k^T, dO v^T": ("nqd,nkd->nqk", (a, b), lambda: torch.bmm(ta, tb.transpose(1, 2))),
+          "P v, dS k": ("nqk,nkd->nqd", (p, b), lambda: torch.bmm(tp, tb)),
+          "P^T dO, dS^T q": ("nqk,nqd->nkd", (p, a), lambda: torch.bmm(tp.transpose(1, 2), ta))}
+  dot_parts = {}
+  for name, (spec, args, torch_dot) in dots.items():
+    fn = jax.jit(lambda x, y, spec=spec: jnp.einsum(spec, x, y), compiler_options=options)
+    dot_parts[(f"attention dots {name}", "nag_jax")] = (lambda fn=fn, args=args: fn(*args), 2 * mc.depth)
+    dot_parts[(f"attention dots {name}", "torch")] = (torch_dot, 2 * mc.depth)
+
   def torch_core():
     qkv = tq[:3].clone().requires_grad_()
     return torch.autograd.grad((F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]) * tq[3]).sum(), qkv)
@@ -123,7 +138,7 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
   return {("attention core", "nag_jax"): (lambda: core(q), mc.depth),
           ("attention core", "torch"): (torch_core, mc.depth),
           ("dense layers", "nag_jax"): (lambda: dense(ops), mc.depth),
-          ("dense layers", "torch"): (torch_dense, mc.depth)}
+          ("dense layers", "torch"): (torch_dense, mc.depth), **dot_parts}
 
 
 def run(model: str, batch_size: int, repeats: int) -> tuple[list[tuple], list[float], dict]:
