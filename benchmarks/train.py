@@ -34,7 +34,7 @@ from benchmarks.common import alternated, round_order
 from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model, wall_time
 from nag_jax.models import ModelConfig, get_model_config
 from nag_jax.models.dit import attention
-from nag_jax.models.layers import XLA_DEFAULT_YNN, dot_compiler_options
+from nag_jax.models.layers import XLA_DEFAULT_YNN, dot_compiler_options, mixed_einsum
 from nag_jax.sharding import make_mesh
 from nag_jax.training import create_objective, get_base_config, jit_train_step, model_fields
 from nag_jax.training.config_validation import model_config_of
@@ -121,7 +121,7 @@ def backward_parts(model: str, batch_size: int) -> dict[tuple[str, str], tuple]:
           "P^T dO, dS^T q": ("nqk,nqd->nkd", (p, a), lambda: torch.bmm(tp.transpose(1, 2), ta))}
   dot_parts = {}
   for name, (spec, args, torch_dot) in dots.items():
-    fn = jax.jit(lambda x, y, spec=spec: jnp.einsum(spec, x, y), compiler_options=options)
+    fn = jax.jit(lambda x, y, spec=spec: mixed_einsum(spec, x, y, jnp.float32), compiler_options=options)
     dot_parts[(f"attention dots {name}", "nag_jax")] = (lambda fn=fn, args=args: fn(*args), 2 * mc.depth)
     dot_parts[(f"attention dots {name}", "torch")] = (torch_dot, 2 * mc.depth)
 
