@@ -19,6 +19,7 @@ from nag_jax import cli
 from nag_jax.evaluation import noise_shift as ns
 from nag_jax.evaluation import shift_analysis
 from nag_jax.evaluation.shift_analysis import SETTINGS
+from nag_jax.errors import UserError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
   try:
     t_values = [float(v) for v in args.t_values.split(",") if v]
   except ValueError:
-    raise ValueError(f"--t-values must be comma-separated numbers, got {args.t_values!r}") from None
+    raise UserError(f"--t-values must be comma-separated numbers, got {args.t_values!r}") from None
   strengths = shift_analysis.Strengths(
       cfg_scale=args.cfg_scale, nag_scale=args.nag_scale, classifier_nag_scale=args.classifier_nag_scale,
       classifier_nag_sigma=args.classifier_nag_sigma, eps_scaling=args.eps_scaling,

@@ -1,18 +1,23 @@
 """One error convention for every command: an expected failure is one `error: ...` line and exit code 2.
 
-Expected failures are bad input a user can fix: `UserError` and its subclasses (checkpoint, destination,
-config), other `ValueError`s from validation, missing files, refused permissions, argparse / absl flag and
-ml_collections override errors, a non-finite loss, and a missing optional package. Anything else is a
-bug and keeps its traceback; `--verbose` prints the traceback of expected failures too.
+Expected failures are the ones a user can fix, and only those:
+- `UserError` and its subclasses (`nag_jax.errors`): every validation in the library raises one;
+- argparse / absl flag and ml_collections override errors;
+- a missing optional package (`ModuleNotFoundError` of a third-party module), with the pip name to install;
+- an `OSError` (missing, unreadable, unwritable) on a path the user named on the command line, or below it.
+Anything else is a bug and keeps its traceback: a `ValueError` or `FileNotFoundError` raised by JAX, Orbax or
+numpy inside the run says nothing about the user's input. `--verbose` prints the traceback of expected
+failures too.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 import sys
 import traceback
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from nag_jax.errors import UserError
 
@@ -22,9 +27,8 @@ VERBOSE_FLAG = "--verbose"
 # reported the same way, with its own name.
 OPTIONAL_PACKAGES = {"tensorflow": "tensorflow-cpu", "tensorflow_datasets": "tensorflow-datasets",
                      "clu": "clu", "torch": "torch", "safetensors": "safetensors", "matplotlib": "matplotlib",
-                     "sklearn": "scikit-learn", "array_record": "array-record"}
-EXPECTED = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError, FloatingPointError, ModuleNotFoundError)
+                     "sklearn": "scikit-learn", "array_record": "array-record", "gcsfs": "gcsfs",
+                     "libtpu": "jax[tpu]"}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -48,8 +52,34 @@ def _absl_message(e: Exception) -> str:
   return text
 
 
-def message(e: BaseException) -> str | None:
-  """The one-line message of an expected failure, or None when `e` is a bug (keep the traceback)."""
+def named_paths(argv: Iterable[str]) -> list[str]:
+  """The values on a command line that may name paths: every argument, and the value of each KEY=VALUE."""
+  out = []
+  for arg in argv:
+    arg = str(arg)
+    out += [v for v in (arg, arg.partition("=")[2]) if v and not v.startswith("-")]
+  return out
+
+
+def _is_named(filename, named: Sequence[str]) -> bool:
+  """True when `filename` is one of the `named` paths, lies below one, or is a folder above one."""
+  if filename is None:
+    return False
+  f = os.fspath(filename)
+  f = f if "://" in f else os.path.abspath(f)
+  for n in named:
+    n = n if "://" in n else os.path.abspath(n)
+    a, b = f.rstrip("/"), n.rstrip("/")
+    if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+      return True
+  return False
+
+
+def message(e: BaseException, named: Sequence[str] = ()) -> str | None:
+  """The one-line message of an expected failure, or None when `e` is a bug (keep the traceback).
+
+  `named`: the paths the user named (`named_paths` of the command line); an OSError elsewhere is a bug.
+  """
   if isinstance(e, ModuleNotFoundError):
     top = (e.name or "").split(".")[0]
     if not top or top == "nag_jax":
@@ -58,10 +88,10 @@ def message(e: BaseException) -> str | None:
             f"(pip install {OPTIONAL_PACKAGES.get(top, top)})")
   if _is_absl_error(e):
     text = _absl_message(e)
-  elif isinstance(e, EXPECTED):
-    text = str(e) if str(e) else type(e).__name__
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-      text = f"{e.filename}: {e.strerror}"
+  elif isinstance(e, UserError):
+    text = str(e) or type(e).__name__
+  elif isinstance(e, OSError) and _is_named(e.filename, named):
+    text = f"{e.filename}: {e.strerror}" if e.strerror else str(e)
   else:
     return None
   lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -78,12 +108,16 @@ def wants_verbose(argv: Sequence[str] | None) -> bool:
   return VERBOSE_FLAG in (sys.argv[1:] if argv is None else argv)
 
 
-def run(fn: Callable[..., int | None], *args, verbose: bool = False, **kwargs) -> int:
-  """Calls fn; returns its code (None -> 0), or prints one `error: ...` line and returns 2 on an expected failure."""
+def run(fn: Callable[..., int | None], *args, verbose: bool = False, named: Sequence[str] = (),
+        **kwargs) -> int:
+  """Calls fn; returns its code (None -> 0), or prints one `error: ...` line and returns 2 on an expected failure.
+
+  `named`: the paths the user named (see `message`); a bug is re-raised with its traceback.
+  """
   try:
     code = fn(*args, **kwargs)
   except Exception as e:  # pylint: disable=broad-except  (bugs are re-raised below)
-    text = message(e)
+    text = message(e, named)
     if text is None:
       raise
     if verbose:
@@ -98,7 +132,8 @@ def entry_point(main: Callable[[Sequence[str] | None], int | None]) -> Callable[
 
   @functools.wraps(main)
   def wrapped(argv: Sequence[str] | None = None) -> int:
-    return run(main, argv, verbose=wants_verbose(argv))
+    named = named_paths(sys.argv[1:] if argv is None else argv)
+    return run(main, argv, verbose=wants_verbose(argv), named=named)
 
   return wrapped
 
@@ -155,4 +190,4 @@ def absl_main(main: Callable[[list[str]], int | None]) -> None:
       raise
     return 0
 
-  sys.exit(run(start, verbose=verbose))
+  sys.exit(run(start, verbose=verbose, named=named_paths(sys.argv[1:])))

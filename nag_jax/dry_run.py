@@ -30,7 +30,7 @@ def parse_mesh(text: str) -> dict:
   try:
     return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
   except ValueError:
-    raise ValueError(f"--mesh must look like 'data=2,fsdp=-1', got {text!r}") from None
+    raise UserError(f"--mesh must look like 'data=2,fsdp=-1', got {text!r}") from None
 
 
 def build_config(args: argparse.Namespace):

@@ -45,7 +45,7 @@ def _load_inception(path: str, resize: str):
   """The Inception network and variables; a file torch cannot read is a UserError naming --inception."""
   try:
     return inception_convert.load_inception(path, resize)
-  except (FileNotFoundError, ValueError, ImportError):
+  except (UserError, ImportError):
     raise
   except Exception as e:  # torch.load raises several types for a truncated or foreign file
     first = str(e).splitlines()[0] if str(e) else ""

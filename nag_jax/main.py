@@ -33,7 +33,7 @@ def train(config, workdir: str) -> None:
 
 def run(config, workdir: str, verbose: bool = False) -> int:
   """Trains; returns 0, or prints one `error: ...` line and returns 2 (bad config or checkpoint, NaN loss)."""
-  return cli.run(train, config, workdir, verbose=verbose)
+  return cli.run(train, config, workdir, verbose=verbose, named=[str(workdir)])
 
 
 def main(argv: list[str]) -> int:

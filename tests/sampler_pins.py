@@ -1,8 +1,11 @@
-"""Sampler pins: output and jaxpr equation count of `build_sampler` per guidance preset, around a stand-in net.
+"""Sampler pins: output and network calls of `build_sampler` per guidance preset, around a stand-in net.
 
 The stand-in network is a fixed pure-jnp function (no DiT), so a pin measures only the sampler, guidance and
-process code. `python tests/sampler_pins.py` rewrites tests/data/sampler_pins.npz; do that only when a
-change is meant to alter the samplers' programs (the pins exist to prove that a refactor does not).
+process code. A case's `net_rows` are the rows of each network call the program makes, in trace order (a
+scan body's call counts once): they pin how many calls a step makes and how many guidance branches each
+batches, whatever JAX version traces it. `python tests/sampler_pins.py` rewrites
+tests/data/sampler_pins.npz; do that only when a change is meant to alter the samplers' programs (the pins
+exist to prove that a refactor does not).
 """
 from __future__ import annotations
 
@@ -65,7 +68,10 @@ class StandIn:
   def __init__(self, config: ModelConfig):
     self.config = config
 
+  calls: list[int] = []  # rows of each traced call (see `net_rows`)
+
   def apply(self, variables: dict, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    StandIn.calls.append(x.shape[0])
     p = variables["params"]
     s = t.astype(jnp.float32) / (1000.0 if self.config.family == "dit" else 1.0)
     h = jnp.einsum("bhwc,cd->bhwd", x, p["w"]) * (1 + 0.5 * s)[:, None, None, None]
@@ -112,17 +118,11 @@ def guidance(family: str, preset: str) -> GuidanceConfig:
   return GuidanceConfig(**kw)
 
 
-def count_eqns(jaxpr: Any) -> int:
-  """Equations of a jaxpr, those of every sub-jaxpr (scan bodies, conds, pjit) included."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    total += 1
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          total += count_eqns(inner)
-  return total
+def net_rows(run: Callable[[dict], jax.Array], params: dict) -> np.ndarray:
+  """Rows of every stand-in network call that tracing `run` makes, in order (a loop body's call once)."""
+  StandIn.calls = []
+  jax.make_jaxpr(run)(params)
+  return np.asarray(StandIn.calls, np.int64)
 
 
 def build_case(family: str, sampler: str, preset: str) -> Callable[[dict], jax.Array]:
@@ -145,10 +145,10 @@ def build_case(family: str, sampler: str, preset: str) -> Callable[[dict], jax.A
 
 
 def measure() -> dict[str, np.ndarray]:
-  """{name/eqns, name/out} of every case; the outputs come from ONE compiled program (compile time)."""
+  """{name/net_rows, name/out} of every case; the outputs come from ONE compiled program (compile time)."""
   names, runs = [n for n, *_ in cases()], [build_case(*c) for _, *c in cases()]
   params = stand_in_params(1)
-  pins = {f"{n}/eqns": np.int64(count_eqns(jax.make_jaxpr(r)(params).jaxpr)) for n, r in zip(names, runs)}
+  pins = {f"{n}/net_rows": net_rows(r, params) for n, r in zip(names, runs)}
   outs = jax.jit(lambda p: [r(p) for r in runs])(params)
   pins.update({f"{n}/out": np.asarray(o) for n, o in zip(names, outs)})
   return pins
@@ -158,7 +158,7 @@ def main() -> None:
   """Writes every pin to PINS."""
   pins = measure()
   for name, *_ in cases():
-    print(f"{name:34s} eqns {int(pins[name + '/eqns']):6d}  |out| {np.abs(pins[name + '/out']).mean():.4f}")
+    print(f"{name:34s} net rows {pins[name + '/net_rows'].tolist()}  |out| {np.abs(pins[name + '/out']).mean():.4f}")
   os.makedirs(os.path.dirname(PINS), exist_ok=True)
   np.savez(PINS, **pins)
 

@@ -100,11 +100,13 @@ def test_convert_into_read_only_folder(files, tmp_path, capsys):
   assert not (ro / "out").exists()
 
 
-def test_permission_error_anywhere_is_one_line(capsys):
+def test_permission_error_on_a_named_path_is_one_line(capsys):
   """What a read-only destination raises where no check saw it coming (e.g. as root on a read-only mount)."""
   def fails():
-    raise PermissionError(13, "Permission denied", "/ro/out")
-  one_error(capsys, cli.run(fails), "/ro/out: Permission denied")
+    raise PermissionError(13, "Permission denied", "/ro/out/params")
+  one_error(capsys, cli.run(fails, named=["/ro/out"]), "/ro/out/params: Permission denied")
+  with pytest.raises(PermissionError):  # on a path the user did not name: a bug, with its traceback
+    cli.run(fails, named=["/elsewhere"])
 
 
 def test_export_destination_rule(files, tmp_path, capsys):

@@ -30,8 +30,8 @@ def save_pt(sd, path):
 
 
 @pytest.mark.parametrize("ckpt", ["model.pt", "train_ckpt.pt"])
-def test_cli_converts_fixture_and_loader_matches(shared_dir, tmp_path, capsys, ckpt):
-  d = shared_dir / "fixtures" / "dit_official"
+def test_cli_converts_fixture_and_loader_matches(fixtures_dir, tmp_path, capsys, ckpt):
+  d = fixtures_dir / "dit_official"
   assert run_convert(d / ckpt, tmp_path / "out", "--num-heads", "4") == 0
   if ckpt == "train_ckpt.pt":
     assert 'took "ema"' in capsys.readouterr().out

@@ -35,8 +35,8 @@ def one_error_line(capsys, code, *needles, absent=()):
 
 
 @pytest.fixture(scope="module")
-def fixture(shared_dir):
-  d = shared_dir / "fixtures" / "dit_official"
+def fixture(fixtures_dir):
+  d = fixtures_dir / "dit_official"
   cfg = json.loads((d / "config.json").read_text())
   return d, dict(np.load(d / "io.npz")), cfg, torch.load(d / "model.pt", weights_only=True)
 

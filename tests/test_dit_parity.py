@@ -16,8 +16,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def fixture(shared_dir):
-  d = shared_dir / "fixtures" / "dit_official"
+def fixture(fixtures_dir):
+  d = fixtures_dir / "dit_official"
   return d, dict(np.load(d / "io.npz")), json.loads((d / "config.json").read_text())
 
 

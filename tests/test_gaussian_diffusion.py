@@ -7,7 +7,7 @@ import pytest
 from nag_jax import diffusion as gd
 from tests.reference.losses import diffusion_training_losses
 
-FIXTURE = "fixtures/samplers/dit_ddpm_respace50.npz"
+FIXTURE = "samplers/dit_ddpm_respace50.npz"
 SCHEDULE_KEYS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_recip_alphas_cumprod",
                  "sqrt_recipm1_alphas_cumprod", "posterior_variance",
                  "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
@@ -29,8 +29,8 @@ def assert_close(actual, ref, rel):
 
 
 @pytest.fixture(scope="module")
-def fx(shared_dir):
-  return dict(np.load(shared_dir / FIXTURE))
+def fx(fixtures_dir):
+  return dict(np.load(fixtures_dir / FIXTURE))
 
 
 def test_schedule_matches_official(fx):

@@ -70,8 +70,8 @@ def test_nag_alone_is_paper_eq11_and_nested_form(params):
   np.testing.assert_allclose(out[..., :4], uu + 1.2 * (cn - uu), atol=1e-5)
 
 
-def test_official_three_channel_cfg_matches_fixture(shared_dir):
-  d = shared_dir / "fixtures" / "dit_official"
+def test_official_three_channel_cfg_matches_fixture(fixtures_dir):
+  d = fixtures_dir / "dit_official"
   sd, _ = read_state_dict(d / "model.pt")
   config = infer_config(sd, "dit", num_heads=4)
   params = torch_to_flax(sd, config)

@@ -18,8 +18,8 @@ BF16_LATENT_TOL = 2e-2
 
 
 @pytest.fixture(scope="module")
-def fixture_sd(shared_dir):
-  return read_state_dict(shared_dir / "fixtures" / "dit_official" / "model.pt")[0]
+def fixture_sd(fixtures_dir):
+  return read_state_dict(fixtures_dir / "dit_official" / "model.pt")[0]
 
 
 @pytest.mark.parametrize("family,method", [("dit", "ddpm"), ("sit", "sde")])

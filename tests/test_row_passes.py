@@ -13,8 +13,8 @@ from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 
 
 @pytest.fixture(scope="module")
-def fixture_model(shared_dir):
-  sd = read_state_dict(shared_dir / "fixtures" / "dit_official" / "model.pt")[0]
+def fixture_model(fixtures_dir):
+  sd = read_state_dict(fixtures_dir / "dit_official" / "model.pt")[0]
   config = infer_config(sd, "dit", 4)
   return config, torch_to_flax(sd, config)
 

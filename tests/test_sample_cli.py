@@ -12,9 +12,9 @@ from nag_jax.sampling.config import default_sample_config
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(shared_dir, tmp_path_factory):
+def tiny_dirs(fixtures_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("ckpt")
-  src = shared_dir / "fixtures" / "dit_official" / "model.pt"
+  src = fixtures_dir / "dit_official" / "model.pt"
   for family in ("dit", "sit"):  # DiT and SiT share the checkpoint layout
     assert convert.main(["--src", str(src), "--dst", str(root / family), "--family", family,
                          "--num-heads", "4"]) == 0

@@ -11,8 +11,8 @@ from nag_jax import flow
 from nag_jax import sampling
 from nag_jax.guidance import segments as seg
 
-DIT = "fixtures/samplers/dit_ddpm_respace50.npz"
-SIT = "fixtures/samplers/sit_transport_linear_velocity.npz"
+DIT = "samplers/dit_ddpm_respace50.npz"
+SIT = "samplers/sit_transport_linear_velocity.npz"
 
 
 def nhwc(a):
@@ -32,13 +32,13 @@ def assert_close(actual, ref, rel):
 
 
 @pytest.fixture(scope="module")
-def dit(shared_dir):
-  return dict(np.load(shared_dir / DIT))
+def dit(fixtures_dir):
+  return dict(np.load(fixtures_dir / DIT))
 
 
 @pytest.fixture(scope="module")
-def sit(shared_dir):
-  return dict(np.load(shared_dir / SIT))
+def sit(fixtures_dir):
+  return dict(np.load(fixtures_dir / SIT))
 
 
 def dit_fake(fx):

@@ -196,11 +196,11 @@ def test_two_device_meshes_shard_the_state_and_agree(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def converted(shared_dir, tmp_path_factory):
+def converted(fixtures_dir, tmp_path_factory):
   """The shared tiny official checkpoint, converted with the CLI's code path."""
   from nag_jax import convert  # pylint: disable=import-outside-toplevel
   dst = tmp_path_factory.mktemp("finetune") / "dit"
-  src = shared_dir / "fixtures" / "dit_official" / "model.pt"
+  src = fixtures_dir / "dit_official" / "model.pt"
   assert convert.main(["--src", str(src), "--dst", str(dst), "--family", "dit", "--num-heads", "4"]) == 0
   return dst
 
@@ -222,14 +222,14 @@ def _flat(tree):
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def test_finetune_starts_from_exactly_the_converted_checkpoint(converted, shared_dir):
+def test_finetune_starts_from_exactly_the_converted_checkpoint(converted, fixtures_dir):
   state, mc = finetune_state(converted)
   _, loaded, _ = checkpoints.load(converted)
   want = _flat(loaded)
   for tree in (state.params, state.ema_params):  # the official EMA weights become both
     got = _flat(tree)
     assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
-  io = np.load(shared_dir / "fixtures" / "dit_official" / "io.npz")
+  io = np.load(fixtures_dir / "dit_official" / "io.npz")
   out = DiT(mc).apply({"params": state.params}, nhwc(io["x"]), io["t"].astype(np.float32), io["y"].astype(np.int32))
   assert np.abs(np.asarray(out) - nhwc(io["out"])).max() < 1e-4
   assert int(state.step) == 0 and all(not np.asarray(m).any() for m in jax.tree.leaves(state.opt_state))

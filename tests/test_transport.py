@@ -77,8 +77,8 @@ def test_vp_drift_and_sde_drift():
   np.testing.assert_allclose(np.asarray(drift).ravel(), 0.5 + (1 - t) * (t * 0.5 - 1) / (1 - t), rtol=1e-5)
 
 
-def test_check_interval_rules(shared_dir):
-  fx = np.load(shared_dir / "fixtures/samplers/sit_transport_linear_velocity.npz")
+def test_check_interval_rules(fixtures_dir):
+  fx = np.load(fixtures_dir / "samplers/sit_transport_linear_velocity.npz")
   linear = flow.create_transport("Linear")
   assert (linear.train_eps, linear.sample_eps) == (float(fx["train_eps"]), float(fx["sample_eps"]))
   sde = dict(sde=True, sampling=True, diffusion_form="sigma", last_step_size=0.04)

@@ -15,6 +15,7 @@ from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.models.config import ModelConfig, heads_for_hidden
 from nag_jax.models.dit import DiT, dummy_inputs
 from nag_jax.models.embeddings import sincos_2d
+from nag_jax.errors import UserError
 
 # (torch prefix, flax path, kind); "{i}" is the block index. kind: linear | conv | embed.
 _RULES = [
@@ -102,7 +103,7 @@ def infer_config(sd: dict, family: str, num_heads: int | None = None) -> ModelCo
                        hidden_size=hidden, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
                        num_classes=sd["y_embedder.embedding_table.weight"].shape[0] - 1,
                        learn_sigma=learn_sigma)
-  except ValueError as e:  # e.g. a label table without classes: the tensors describe no valid model
+  except UserError as e:  # e.g. a label table without classes: the tensors describe no valid model
     raise CheckpointError(f"the tensors describe no valid {family} model: {e}") from e
 
 

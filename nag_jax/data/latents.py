@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import tqdm
 
+from nag_jax.errors import PathError, UserError
+
 META_FILE = "meta.json"
 SHARD_PATTERN = "latents-{:05d}.array_record"
 
@@ -44,13 +46,13 @@ class LatentSource:
   def __init__(self, directory: str | os.PathLike):
     directory = pathlib.Path(directory)
     if not (directory / META_FILE).is_file():
-      raise FileNotFoundError(f"{directory} is not a latents folder (no {META_FILE}); write one with "
+      raise PathError(f"{directory} is not a latents folder (no {META_FILE}); write one with "
                               "python -m nag_jax.extract_latents")
     self.meta = json.loads((directory / META_FILE).read_text())
     paths = [str(directory / SHARD_PATTERN.format(i)) for i in range(self.meta["num_shards"])]
     self._data = grain.sources.ArrayRecordDataSource(paths)
     if len(self._data) != self.meta["num_records"]:
-      raise ValueError(f"{directory} holds {len(self._data)} records, meta.json says "
+      raise UserError(f"{directory} holds {len(self._data)} records, meta.json says "
                        f"{self.meta['num_records']}")
     self.directory, self.num_classes = directory, self.meta["num_classes"]
 
@@ -81,9 +83,9 @@ def write_latents(source, encode_fn: EncodeFn, directory: str | os.PathLike, *, 
   `metadata` is stored in meta.json beside the counts. Returns the folder.
   """
   if getattr(source, "kind", None) != "image":
-    raise ValueError(f"write_latents needs an image source, got {source!r}")
+    raise UserError(f"write_latents needs an image source, got {source!r}")
   if batch_size <= 0 or records_per_shard <= 0:
-    raise ValueError(f"batch_size and records_per_shard must be positive, got {batch_size}, "
+    raise UserError(f"batch_size and records_per_shard must be positive, got {batch_size}, "
                      f"{records_per_shard}")
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,7 @@ def write_latents(source, encode_fn: EncodeFn, directory: str | os.PathLike, *, 
     images, labels = np.asarray(batch["x"]), batch["y"]
     n = len(images)
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError(f"expected uint8 NHWC images, got {images.dtype} {images.shape}")
+      raise UserError(f"expected uint8 NHWC images, got {images.dtype} {images.shape}")
     images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
     both = np.concatenate([images, images[:, :, ::-1]])
     latents = np.asarray(encode_fn(both, jax.random.fold_in(key, batch_index)), np.float32)

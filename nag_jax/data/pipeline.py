@@ -13,6 +13,7 @@ import numpy as np
 
 from nag_jax.data.sources import ArraySource
 from nag_jax.models import vae_io
+from nag_jax.errors import UserError
 
 # In-memory records (ArraySource) are read in the calling thread by default. grain's default reader (16
 # threads, 500 records ahead) checks its whole buffer on every record: on 2 cores a 64-record batch of the
@@ -58,14 +59,14 @@ def record_transforms(kind: str, flip: bool) -> list[grain.transforms.Transforma
     return [RandomFlip(), ToFloat()] if flip else [ToFloat()]
   if kind == "latent":
     return [PickStoredFlip() if flip else TakeUnflipped(), ToFloat()]
-  raise ValueError(f"source kind must be 'image' or 'latent', got {kind!r}")
+  raise UserError(f"source kind must be 'image' or 'latent', got {kind!r}")
 
 
 def read_options(threads: int) -> grain.ReadOptions | None:
   """The reader of config `data.read_threads`: -1 automatic (None: see make_train_iterator), 0 in-thread,
   n > 0 n threads reading grain's default number of records ahead."""
   if not isinstance(threads, int) or threads < -1:
-    raise ValueError(f"read_threads must be an integer >= -1, got {threads!r}")
+    raise UserError(f"read_threads must be an integer >= -1, got {threads!r}")
   if threads < 0:
     return None
   return IN_THREAD if threads == 0 else grain.ReadOptions(num_threads=threads)
@@ -90,18 +91,18 @@ def make_train_iterator(source, *, global_batch_size: int, seed: int, shuffle: b
   if shard_options is None:
     shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
   if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-    raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    raise UserError(f"seed must be an integer in [0, 2**32), got {seed!r}")
   if num_epochs is not None and num_epochs <= 0:
-    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
+    raise UserError(f"num_epochs must be positive or None, got {num_epochs}")
   if worker_count < 0:
-    raise ValueError(f"worker_count must be >= 0, got {worker_count}")
+    raise UserError(f"worker_count must be >= 0, got {worker_count}")
   processes = shard_options.shard_count
   if global_batch_size <= 0 or global_batch_size % processes:
-    raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
+    raise UserError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
                      f"number of processes ({processes})")
   batch_size = global_batch_size // processes
   if len(source) // processes < batch_size:
-    raise ValueError(f"each of the {processes} processes gets {len(source) // processes} records, "
+    raise UserError(f"each of the {processes} processes gets {len(source) // processes} records, "
                      f"fewer than its batch of {batch_size}")
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=shuffle,

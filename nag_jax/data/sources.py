@@ -15,6 +15,7 @@ from PIL import Image
 
 from nag_jax import checks
 from nag_jax.data import image_ops
+from nag_jax.errors import PathError, UserError
 
 # The extensions torchvision's ImageFolder accepts.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -28,11 +29,11 @@ class ArraySource:
                num_classes: int | None = None):
     x, y = np.asarray(x), np.asarray(y)
     if kind not in KINDS:
-      raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+      raise UserError(f"kind must be one of {KINDS}, got {kind!r}")
     if len(x) != len(y) or len(x) == 0:
-      raise ValueError(f"x and y must be non-empty with the same length, got {len(x)} and {len(y)}")
+      raise UserError(f"x and y must be non-empty with the same length, got {len(x)} and {len(y)}")
     if kind == "image" and x.ndim != 4 or kind == "latent" and (x.ndim != 5 or x.shape[1] != 2):
-      raise ValueError(f"x of kind {kind!r} must be (N, H, W, C) for images or (N, 2, h, w, c) for "
+      raise UserError(f"x of kind {kind!r} must be (N, H, W, C) for images or (N, 2, h, w, c) for "
                        f"latents, got shape {x.shape}")
     checks.check_labels(y, np.iinfo(np.int32).max if num_classes is None else num_classes, "y")
     self.x, self.y, self.kind = x, y.astype(np.int32), kind
@@ -60,18 +61,18 @@ class FolderSource:
   def __init__(self, root: str | os.PathLike, image_size: int | None = None):
     root = pathlib.Path(root)
     if not root.is_dir():
-      raise FileNotFoundError(f"dataset folder {root} does not exist")
+      raise PathError(f"dataset folder {root} does not exist")
     if image_size is not None and image_size <= 0:
-      raise ValueError(f"image_size must be positive, got {image_size}")
+      raise UserError(f"image_size must be positive, got {image_size}")
     self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not self.classes:
-      raise ValueError(f"dataset folder {root} has no class sub-folders")
+      raise UserError(f"dataset folder {root} has no class sub-folders")
     self.files, labels = [], []
     for label, name in enumerate(self.classes):
       files = sorted(str(p) for p in (root / name).rglob("*")
                      if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
       if not files:
-        raise ValueError(f"class folder {root / name} has no images ({', '.join(IMG_EXTENSIONS)})")
+        raise UserError(f"class folder {root / name} has no images ({', '.join(IMG_EXTENSIONS)})")
       self.files += files
       labels += [label] * len(files)
     self.labels = np.asarray(labels, np.int32)
@@ -87,7 +88,7 @@ class FolderSource:
         first.setdefault(image.size, path)
       if len(first) > 1:
         (size_a, a), (size_b, b) = first.items()
-        raise ValueError(f"images in {self.root} have mixed sizes ({a}: {size_a}, {b}: {size_b}) and "
+        raise UserError(f"images in {self.root} have mixed sizes ({a}: {size_a}, {b}: {size_b}) and "
                          "no image_size is set to center-crop them")
 
   def __len__(self) -> int:
@@ -118,7 +119,7 @@ class TfdsSource:
     try:
       builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
-      raise ValueError(f"{name!r} is neither a TFDS dataset nor an existing folder") from None
+      raise UserError(f"{name!r} is neither a TFDS dataset nor an existing folder") from None
     if prepare:
       if importlib.util.find_spec("tensorflow") is None:
         raise ImportError(f"preparing TFDS dataset {name!r} needs tensorflow: "
@@ -129,13 +130,13 @@ class TfdsSource:
     try:
       self._data = builder.as_data_source(split=split)
     except KeyError as e:
-      raise FileNotFoundError(
+      raise PathError(
           f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; prepare it once with "
           "prepare=True (--prepare), with the manual-download files in manual_dir if it needs them"
       ) from e
     shape = builder.info.features[image_key].shape
     if image_size is None and None in shape[:2]:
-      raise ValueError(f"TFDS dataset {name!r} has images of varying sizes {shape} and no "
+      raise UserError(f"TFDS dataset {name!r} has images of varying sizes {shape} and no "
                        "image_size is set to center-crop them")
     self.num_classes = builder.info.features[label_key].num_classes
     self.name, self.split, self.image_size = name, split, image_size
@@ -161,7 +162,7 @@ def digits_arrays(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
   for the demo and tests that needs no download.
   """
   if size <= 0 or size % 8:
-    raise ValueError(f"size must be a positive multiple of 8, got {size}")
+    raise UserError(f"size must be a positive multiple of 8, got {size}")
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   images = digits.images.astype(np.float32) / 16.0 * 2.0 - 1.0

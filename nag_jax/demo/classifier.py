@@ -19,6 +19,8 @@ import numpy as np
 import optax
 import tqdm
 
+from nag_jax.errors import UserError
+
 FEATURES = 128
 KINDS = ("cnn", "mlp")
 
@@ -54,7 +56,7 @@ def _apply(kind: str, params: Any, x: jax.Array) -> dict[str, jax.Array]:
 def apply_fn(kind: str) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
   """fn(params, images) -> {"features", "logits"}, the `fn` that `evaluation.features.extract_features` maps."""
   if kind not in KINDS:
-    raise ValueError(f"classifier kind must be one of {KINDS}, got {kind!r}")
+    raise UserError(f"classifier kind must be one of {KINDS}, got {kind!r}")
   return functools.partial(_apply, kind)
 
 

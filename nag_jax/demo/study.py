@@ -256,7 +256,7 @@ class Study:
     else:  # the demo's own g_phi
       found = models.reusable_estimator(self.out / "runs" / "gphi", main_dir, dc.gphi_steps)
       if found is None:
-        raise ValueError(f"--study with gphi_steps 0 needs the demo's g_phi in {self.out / 'runs' / 'gphi'}")
+        raise UserError(f"--study with gphi_steps 0 needs the demo's g_phi in {self.out / 'runs' / 'gphi'}")
       estimator, losses = found
     levels, est, _ = shift_analysis.measure(
         main_dir, estimator, "digits", sampler="sde", num_steps=dc.shift_steps, settings=("none", "nag"),

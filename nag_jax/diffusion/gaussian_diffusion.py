@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.diffusion import respacing
+from nag_jax.errors import UserError
 
 NOISE_SCHEDULES = ("linear", "squaredcos_cap_v2")
 VARIANCE_TYPES = ("learned_range", "fixed_large", "fixed_small")
@@ -29,7 +30,7 @@ def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
     alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     return np.array([min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), 0.999)
                      for i in range(num_steps)], dtype=np.float64)
-  raise ValueError(f"unknown noise schedule {name!r}; expected one of {NOISE_SCHEDULES}")
+  raise UserError(f"unknown noise schedule {name!r}; expected one of {NOISE_SCHEDULES}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,10 +63,10 @@ class GaussianDiffusion:
                  variance_type: str = "learned_range") -> "GaussianDiffusion":
     """Derives every schedule array in float64 exactly as `GaussianDiffusion.__init__` upstream."""
     if variance_type not in VARIANCE_TYPES:
-      raise ValueError(f"unknown variance type {variance_type!r}; expected one of {VARIANCE_TYPES}")
+      raise UserError(f"unknown variance type {variance_type!r}; expected one of {VARIANCE_TYPES}")
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.size < 2 or not ((betas > 0).all() and (betas <= 1).all()):
-      raise ValueError("betas must be a 1-D array of at least 2 values in (0, 1]")
+      raise UserError("betas must be a 1-D array of at least 2 values in (0, 1]")
     alphas = 1.0 - betas
     ac = np.cumprod(alphas, axis=0)
     ac_prev = np.append(1.0, ac[:-1])
@@ -151,7 +152,7 @@ def p_mean_variance(diffusion: GaussianDiffusion, model_out: jax.Array, x: jax.A
   c = x.shape[-1]
   if diffusion.variance_type == "learned_range":
     if model_out.shape != x.shape[:-1] + (2 * c,):
-      raise ValueError(f"learned-range variance needs {2 * c} output channels, got {model_out.shape}")
+      raise UserError(f"learned-range variance needs {2 * c} output channels, got {model_out.shape}")
     eps, var_values = model_out[..., :c], model_out[..., c:]
     min_log = extract(diffusion.posterior_log_variance_clipped, t, x.ndim)
     max_log = extract(np.log(diffusion.betas), t, x.ndim)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
+from nag_jax.errors import UserError
+
 
 def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]]) -> set[int]:
   """Original timesteps kept when striding `num_timesteps` into sections of the given step counts.
@@ -16,16 +18,16 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]
       for stride in range(1, num_timesteps):
         if len(range(0, num_timesteps, stride)) == desired:
           return set(range(0, num_timesteps, stride))
-      raise ValueError(f"cannot create exactly {desired} steps from {num_timesteps} with an integer stride")
+      raise UserError(f"cannot create exactly {desired} steps from {num_timesteps} with an integer stride")
     section_counts = [_parse_int(s, section_counts) for s in section_counts.split(",")]
   if not section_counts or any(c < 1 for c in section_counts):
-    raise ValueError(f"section counts must be positive integers, got {section_counts!r}")
+    raise UserError(f"section counts must be positive integers, got {section_counts!r}")
   size_per, extra = divmod(num_timesteps, len(section_counts))
   start, steps = 0, []
   for i, count in enumerate(section_counts):
     size = size_per + (1 if i < extra else 0)
     if size < count:
-      raise ValueError(f"cannot divide a section of {size} steps into {count}")
+      raise UserError(f"cannot divide a section of {size} steps into {count}")
     stride = 1 if count <= 1 else (size - 1) / (count - 1)
     cur = 0.0
     for _ in range(count):
@@ -40,4 +42,4 @@ def _parse_int(text: str, spec: str) -> int:
   try:
     return int(text)
   except ValueError:
-    raise ValueError(f"bad timestep respacing {spec!r}: expected 'N', 'N1,N2,...' or 'ddimN'") from None
+    raise UserError(f"bad timestep respacing {spec!r}: expected 'N', 'N1,N2,...' or 'ddimN'") from None

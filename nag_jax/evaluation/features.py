@@ -12,6 +12,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nag_jax import checks
+from nag_jax.errors import UserError
 
 
 class ImageSource(Protocol):
@@ -39,7 +40,7 @@ def extract_features(fn: Callable[[Any, jax.Array], Any], params: Any,
   checks.check_positive("batch_size", batch_size)
   n = len(images)
   if n == 0:
-    raise ValueError("no images to extract features from")
+    raise UserError("no images to extract features from")
   devices = np.asarray(jax.devices())
   batch_size = -(-batch_size // devices.size) * devices.size
   mesh = Mesh(devices, ("batch",))

@@ -23,7 +23,7 @@ def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Mean and covariance (float64, unbiased as `np.cov`) of (N, D) features; warns when N < D."""
   f = np.asarray(features, dtype=np.float64)
   if f.ndim != 2 or f.shape[0] < 2:
-    raise ValueError(f"features must be (N, D) with N >= 2, got shape {f.shape}")
+    raise UserError(f"features must be (N, D) with N >= 2, got shape {f.shape}")
   bad_rows = np.flatnonzero(~np.isfinite(f).all(axis=1))
   if bad_rows.size:
     raise UserError(f"features of {bad_rows.size} of {f.shape[0]} samples hold NaN or inf (first: row "
@@ -82,7 +82,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
   for name, shape, want in (("mu1", mu1.shape, (d,)), ("mu2", mu2.shape, (d,)),
                             ("sigma1", sigma1.shape, (d, d)), ("sigma2", sigma2.shape, (d, d))):
     if shape != want:
-      raise ValueError(f"statistics do not match: {name} has shape {shape}, expected {want}")
+      raise UserError(f"statistics do not match: {name} has shape {shape}, expected {want}")
   for name, mu in (("mu1", mu1), ("mu2", mu2)):
     if not np.isfinite(mu).all():
       raise UserError(f"{name} holds NaN or inf, so it is not a mean of features")
@@ -99,7 +99,7 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
   checks.check_positive("split_size", split_size)
   z = np.asarray(logits, dtype=np.float64)
   if z.ndim != 2 or z.shape[0] < 1:
-    raise ValueError(f"logits must be (N, K) with N >= 1, got shape {z.shape}")
+    raise UserError(f"logits must be (N, K) with N >= 1, got shape {z.shape}")
   z = z - z.max(axis=1, keepdims=True)
   log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
   scores = []

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nag_jax.errors import UserError
+
 Resize = Literal["pytorch_fid", "tf1"]
 RESIZE_MODES = ("pytorch_fid", "tf1")
 INPUT_SIZE = 299
@@ -158,7 +160,7 @@ def preprocess(images: jax.Array, resize: Resize = "pytorch_fid") -> jax.Array:
     return 2.0 * x - 1.0
   if resize == "tf1":
     return (resize_bilinear_tf1(x, INPUT_SIZE) - 128.0) / 128.0
-  raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+  raise UserError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
 
 
 class InceptionV3(nn.Module):

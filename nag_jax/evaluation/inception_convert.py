@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.evaluation.inception import INPUT_SIZE, InceptionV3, Resize
+from nag_jax.errors import PathError, UserError
 
 # torch leaf name -> (Flax collection, Flax leaf name) for the layers of the network.
 _BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
@@ -67,7 +68,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
     parts = [f"{name} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
              for name, items in (("missing", missing), ("unexpected", unexpected),
                                  ("shape mismatch", mismatched)) if items]
-    raise ValueError("not a pytorch-fid FID Inception state dict; " + "; ".join(parts))
+    raise UserError("not a pytorch-fid FID Inception state dict; " + "; ".join(parts))
   return flax.traverse_util.unflatten_dict(flat)
 
 
@@ -89,7 +90,7 @@ def to_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a `.pth` state dict with torch (weights only) into numpy arrays."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise PathError(
         f"Inception weight file {os.fspath(path)!r} not found; pass pytorch-fid's "
         "pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
   try:
@@ -98,7 +99,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ImportError("reading a .pth weight file needs torch (CPU build is enough)") from e
   state = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(state, Mapping):
-    raise ValueError(f"{os.fspath(path)!r} does not hold a state dict (got {type(state).__name__})")
+    raise UserError(f"{os.fspath(path)!r} does not hold a state dict (got {type(state).__name__})")
   return {k: v.detach().float().numpy() if torch.is_tensor(v) else np.asarray(v)
           for k, v in state.items()}
 

@@ -19,6 +19,7 @@ from nag_jax import checks
 from nag_jax.flow.paths import expand_t_like_x
 from nag_jax.process import Process
 from nag_jax.models.noise_estimator import NoiseEstimator
+from nag_jax.errors import UserError
 
 FORWARD = "forward"
 
@@ -57,7 +58,7 @@ def shift_stats(levels: np.ndarray, estimates: np.ndarray) -> dict[str, np.ndarr
   """Per-level mean, std, median of the estimates and the mean shift (mean - prior)."""
   levels, estimates = np.asarray(levels, np.float64), np.asarray(estimates, np.float64)
   if estimates.ndim != 2 or estimates.shape[0] != levels.shape[0]:
-    raise ValueError(f"estimates must be (levels, samples) = ({levels.shape[0]}, N), got {estimates.shape}")
+    raise UserError(f"estimates must be (levels, samples) = ({levels.shape[0]}, N), got {estimates.shape}")
   mean = estimates.mean(axis=1)
   return {"mean": mean, "std": estimates.std(axis=1), "median": np.median(estimates, axis=1),
           "shift": mean - levels}
@@ -68,7 +69,7 @@ def nearest_steps(levels: np.ndarray, t_values: Sequence[float]) -> np.ndarray:
   levels = np.asarray(levels, np.float64)
   bad = [t for t in t_values if not (0 <= t <= 1 and levels.min() - 1e-9 <= t <= levels.max() + 1e-9)]
   if bad:
-    raise ValueError(f"t values {bad} lie outside the measured noise fractions [{levels.min():.4g}, "
+    raise UserError(f"t values {bad} lie outside the measured noise fractions [{levels.min():.4g}, "
                      f"{levels.max():.4g}] (the sampler's steps after the first; 1 = noise)")
   return np.array([int(np.argmin(np.abs(levels - t))) for t in t_values])
 
@@ -77,7 +78,7 @@ def kde_density(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
   """Gaussian KDE (scipy, Scott's bandwidth) of 1-D `samples` evaluated on `grid`."""
   samples = np.asarray(samples, np.float64)
   if samples.size < 2 or np.ptp(samples) == 0:
-    raise ValueError(f"a kernel density needs at least 2 distinct estimates, got {samples.size} with "
+    raise UserError(f"a kernel density needs at least 2 distinct estimates, got {samples.size} with "
                      f"range {np.ptp(samples) if samples.size else 0}")
   return scipy.stats.gaussian_kde(samples)(grid)
 
@@ -90,7 +91,7 @@ def analyze(levels: np.ndarray, estimates: dict[str, np.ndarray], t_values: Sequ
   process) is required and is the reference of `shift_vs_forward` (the paper's Figure 4(b)).
   """
   if FORWARD not in estimates:
-    raise ValueError(f"estimates need the {FORWARD!r} reference, got {sorted(estimates)}")
+    raise UserError(f"estimates need the {FORWARD!r} reference, got {sorted(estimates)}")
   checks.check_positive("kde_points", kde_points)
   levels = np.asarray(levels, np.float64)
   stats = {name: shift_stats(levels, est) for name, est in estimates.items()}

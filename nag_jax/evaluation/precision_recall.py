@@ -49,7 +49,7 @@ def _as_features(x: np.ndarray, name: str, k: int) -> np.ndarray:
   checks.check_positive("k (nearest neighbours)", k)
   x = np.asarray(x, dtype=np.float32)
   if x.ndim != 2 or len(x) <= k:
-    raise ValueError(f"{name} features must be (N, D) with N > k = {k}, got shape {x.shape}")
+    raise UserError(f"{name} features must be (N, D) with N > k = {k}, got shape {x.shape}")
   bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
   if bad.size:
     raise UserError(f"{name} features hold NaN or inf in {bad.size} rows (first: {bad[0]}); every distance to "
@@ -74,7 +74,7 @@ def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3, blo
   ref = _as_features(reference, "reference", k)
   smp = _as_features(samples, "sample", k)
   if ref.shape[1] != smp.shape[1]:
-    raise ValueError(f"feature dimensions differ: reference {ref.shape[1]}, samples {smp.shape[1]}")
+    raise UserError(f"feature dimensions differ: reference {ref.shape[1]}, samples {smp.shape[1]}")
   ref_radii = (manifold_radii(ref, k, block_size) if reference_radii is None
                else np.asarray(reference_radii, np.float32))
   smp_radii = manifold_radii(smp, k, block_size)

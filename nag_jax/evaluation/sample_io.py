@@ -14,6 +14,7 @@ from PIL import Image
 
 from nag_jax import checks
 from nag_jax.evaluation.fid import check_covariance
+from nag_jax.errors import PathError, UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -24,18 +25,18 @@ def check_image_meta(shape: tuple[int, ...], dtype: np.dtype, source: str) -> No
   """Raises ValueError unless the array is (N, H, W, 3) of an integer dtype."""
   dtype = np.dtype(dtype)
   if dtype.kind not in "ui":
-    raise ValueError(f"{source}: images must be uint8 pixel values in [0, 255], got dtype {dtype} "
+    raise UserError(f"{source}: images must be uint8 pixel values in [0, 255], got dtype {dtype} "
                      "(quantise float images to uint8 as the samplers do)")
   if len(shape) != 4 or shape[-1] != 3 or 0 in shape:
     hint = " (looks like NCHW; transpose to NHWC)" if len(shape) == 4 and shape[1] == 3 else ""
-    raise ValueError(f"{source}: images must be a non-empty NHWC array (N, H, W, 3), "
+    raise UserError(f"{source}: images must be a non-empty NHWC array (N, H, W, 3), "
                      f"got shape {tuple(shape)}{hint}")
 
 
 def check_pixel_range(batch: np.ndarray, source: str) -> None:
   """Raises ValueError if integer pixel values fall outside [0, 255]."""
   if batch.dtype != np.uint8 and batch.size and (batch.min() < 0 or batch.max() > 255):
-    raise ValueError(f"{source}: pixel values must lie in [0, 255], "
+    raise UserError(f"{source}: pixel values must lie in [0, 255], "
                      f"found [{batch.min()}, {batch.max()}]")
 
 
@@ -47,11 +48,11 @@ class NpzImages:
     self.source = f"{self.path}[{key}]"
     with zipfile.ZipFile(self.path) as zf:
       if f"{key}.npy" not in zf.namelist():
-        raise ValueError(f"{self.path}: no {key!r} array (ADM sample files hold images in 'arr_0')")
+        raise UserError(f"{self.path}: no {key!r} array (ADM sample files hold images in 'arr_0')")
       with zf.open(f"{key}.npy") as f:
         self.shape, fortran, self.dtype = self._read_header(f)
     if fortran:
-      raise ValueError(f"{self.source}: Fortran-ordered arrays are not supported")
+      raise UserError(f"{self.source}: Fortran-ordered arrays are not supported")
     check_image_meta(self.shape, self.dtype, self.source)
     if self.dtype != np.uint8:  # One extra pass so a range error comes before any compute.
       for batch in self._raw_batches(4096):
@@ -60,7 +61,7 @@ class NpzImages:
   def _read_header(self, f):
     version = np.lib.format.read_magic(f)
     if version not in _HEADER_READERS:
-      raise ValueError(f"{self.source}: unsupported .npy format version {version}")
+      raise UserError(f"{self.source}: unsupported .npy format version {version}")
     return _HEADER_READERS[version](f)
 
   def __len__(self) -> int:
@@ -91,12 +92,12 @@ class FolderImages:
     self.files = sorted(p for p in pathlib.Path(path).iterdir()
                         if p.suffix.lower() in IMAGE_SUFFIXES)
     if not self.files:
-      raise ValueError(f"{self.source}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+      raise UserError(f"{self.source}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     width, height = self._size(self.files[0])
     for file in self.files[1:]:  # Headers only: a size mismatch fails before any compute.
       w, h = self._size(file)
       if (w, h) != (width, height):
-        raise ValueError(f"{file}: size {w}x{h} differs from the folder's first image "
+        raise UserError(f"{file}: size {w}x{h} differs from the folder's first image "
                          f"{width}x{height}; resize all images to one size first")
     self.shape = (len(self.files), height, width, 3)
 
@@ -121,10 +122,10 @@ class FolderImages:
 
 def _check_npz(path: str | os.PathLike) -> None:
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise PathError(
         f"{os.fspath(path)!r} not found (expected an .npz file or an image folder)")
   if not zipfile.is_zipfile(path):
-    raise ValueError(f"{os.fspath(path)!r} is neither an .npz file nor a folder of images")
+    raise UserError(f"{os.fspath(path)!r} is neither an .npz file nor a folder of images")
 
 
 def open_images(path: str | os.PathLike) -> NpzImages | FolderImages:
@@ -150,14 +151,14 @@ def open_reference(path: str | os.PathLike) -> Reference:
   _check_npz(path)
   with np.load(path) as f:
     if "mu" not in f.files or "sigma" not in f.files:
-      raise ValueError(f"{os.fspath(path)!r} has no 'mu' and 'sigma' reference statistics "
+      raise UserError(f"{os.fspath(path)!r} has no 'mu' and 'sigma' reference statistics "
                        f"(found {', '.join(f.files) or 'nothing'})")
     mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
     has_images = "arr_0" in f.files
   if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
-    raise ValueError(f"{os.fspath(path)!r}: 'mu' must be (D,) and 'sigma' (D, D), "
+    raise UserError(f"{os.fspath(path)!r}: 'mu' must be (D,) and 'sigma' (D, D), "
                      f"got {mu.shape} and {sigma.shape}")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-    raise ValueError(f"{os.fspath(path)!r}: 'mu'/'sigma' contain NaN or inf")
+    raise UserError(f"{os.fspath(path)!r}: 'mu'/'sigma' contain NaN or inf")
   check_covariance(sigma, f"{os.fspath(path)!r}: 'sigma'")
   return Reference(mu, sigma, NpzImages(path) if has_images else None)

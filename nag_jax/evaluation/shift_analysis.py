@@ -27,6 +27,7 @@ from nag_jax.guidance import GuidanceConfig
 from nag_jax.sampling.config import PRESETS
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler, step_noise_levels
 from nag_jax.training.input_pipeline import DATA_KINDS, check_source, create_source
+from nag_jax.errors import UserError
 
 SETTINGS = ("none", "cfg", "nag", "nag_cfg", "classifier_nag", "eps_scaling", "time_shift")
 
@@ -46,7 +47,7 @@ def data_source(spec: str, image_size: int, data_dir: str = "", split: str = "tr
   """The grain source of a data spec (digits | folder:PATH | tfds:NAME | latents:PATH), as training reads it."""
   kind, _, arg = spec.partition(":")
   if kind not in DATA_KINDS or (kind != "digits") != bool(arg):
-    raise ValueError(f"--data must be digits, folder:PATH, tfds:NAME or latents:PATH, got {spec!r}")
+    raise UserError(f"--data must be digits, folder:PATH, tfds:NAME or latents:PATH, got {spec!r}")
   data_config = ml_collections.ConfigDict(dict(kind=kind, path=arg, tfds_name=arg, data_dir=data_dir,
                                                split=split, image_size=image_size))
   return create_source(data_config)
@@ -67,7 +68,7 @@ def read_batch(source, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def guidance_of(name: str, strengths: Strengths = Strengths()) -> GuidanceConfig:
   """The GuidanceConfig of a named setting (CFG / NAG weights from the paper's presets unless given)."""
   if name not in SETTINGS:
-    raise ValueError(f"unknown guidance setting {name!r}; expected one of {SETTINGS}")
+    raise UserError(f"unknown guidance setting {name!r}; expected one of {SETTINGS}")
   s = strengths
   if name in PRESETS:
     cfg, nag = PRESETS[name]
@@ -94,18 +95,18 @@ def measure(model: str | pathlib.Path, estimator: str | pathlib.Path, data: str,
   g_phi, est_params = model_dir.load_estimator(str(estimator))
   e = g_phi.config
   if (e.family, e.input_size, e.in_channels) != (config.family, config.input_size, config.in_channels):
-    raise ValueError(f"the estimator takes {e.family} inputs of {e.input_size}x{e.input_size}x{e.in_channels}, "
+    raise UserError(f"the estimator takes {e.family} inputs of {e.input_size}x{e.input_size}x{e.in_channels}, "
                      f"the model {config.family} {config.input_size}x{config.input_size}x{config.in_channels}")
   pseudo = model_dir.read_pseudo_level(str(model))  # None: the family default
   guidances = {s: dataclasses.replace(guidance_of(s, strengths), pseudo_level=pseudo) for s in settings}
   sampler_config = SamplerConfig(method=sampler or process.family_process(config.family).sampler_methods[0],
                                  num_steps=num_steps, ode_method=ode_method)
   if sampler_config.method == "ode" and sampler_config.ode_method == "dopri5":
-    raise ValueError("the analysis needs a fixed-step sampler (dopri5 has no step grid)")
+    raise UserError("the analysis needs a fixed-step sampler (dopri5 has no step grid)")
   levels = step_noise_levels(config, sampler_config)[1:]  # trajectory[k] enters step k + 1
   ns.nearest_steps(levels, t_values)  # bad t values fail before any compute
   if num_samples < 2 or batch_size < 1:
-    raise ValueError(f"--num-samples must be >= 2 and --batch-size >= 1, got {num_samples}, {batch_size}")
+    raise UserError(f"--num-samples must be >= 2 and --batch-size >= 1, got {num_samples}, {batch_size}")
   source = data_source(data, config.input_size, data_dir, split)
   check_source(source, config)
   proc = process.create(config.family, path_type=sampler_config.path_type)

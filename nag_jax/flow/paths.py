@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nag_jax.errors import UserError
+
 PATH_TYPES = ("Linear", "GVP", "VP")
 # Upstream spells the last key "inccreasing-decreasing" (a typo that makes the CLI value unusable).
 DIFFUSION_FORMS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
@@ -31,7 +33,7 @@ class Path:
 
   def __post_init__(self):
     if self.kind not in PATH_TYPES:
-      raise ValueError(f"unknown path type {self.kind!r}; expected one of {PATH_TYPES}")
+      raise UserError(f"unknown path type {self.kind!r}; expected one of {PATH_TYPES}")
 
   def _log_mean_coeff(self, t):
     return -0.25 * (1 - t) ** 2 * (self.sigma_max - self.sigma_min) - 0.5 * (1 - t) * self.sigma_min
@@ -91,7 +93,7 @@ class Path:
       return 0.25 * (norm * jnp.cos(np.pi * te) + 1) ** 2
     if form == "increasing-decreasing":
       return norm * jnp.sin(np.pi * te) ** 2
-    raise ValueError(f"unknown diffusion form {form!r}; expected one of {DIFFUSION_FORMS}")
+    raise UserError(f"unknown diffusion form {form!r}; expected one of {DIFFUSION_FORMS}")
 
   def score_from_velocity(self, velocity: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
     """Score of p_t from a velocity prediction (`get_score_from_velocity`; Linear: (t v - x)/(1-t))."""

@@ -100,7 +100,7 @@ class GuidanceConfig:
                         f"got ({lo}, {hi})")
     problems += self._peer_problems()
     if problems:
-      raise ValueError("invalid guidance: " + "; ".join(problems))
+      raise UserError("invalid guidance: " + "; ".join(problems))
 
   def _peer_problems(self) -> list[str]:
     """Range checks of the peer terms (autoguidance, TSG, CFG-Zero*, APG)."""

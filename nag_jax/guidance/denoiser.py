@@ -21,6 +21,7 @@ from nag_jax.guidance.classifier_nag import Estimator, classifier_nag
 from nag_jax.guidance.combine import combine
 from nag_jax.guidance.config import GuidanceConfig
 from nag_jax.process import Process
+from nag_jax.errors import UserError
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -54,19 +55,19 @@ def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: 
   """denoise(x, t) -> guided output for the static set of active terms."""
   branches = branch_inputs(g, active)
   if "nag" in active and g.pseudo_level is None:
-    raise ValueError("nag_scale > 0 needs g.pseudo_level (the pipeline sets the family default: "
+    raise UserError("nag_scale > 0 needs g.pseudo_level (the pipeline sets the family default: "
                      "process.pseudo_level(None))")
   if "dog" in active and parent is None:
-    raise ValueError("dog_scale > 1 needs the pre-trained parent model (Domain Guidance)")
+    raise UserError("dog_scale > 1 needs the pre-trained parent model (Domain Guidance)")
   if active & {"classifier_nag", "time_shift"} and process is None:
-    raise ValueError(f"{sorted(active & {'classifier_nag', 'time_shift'})} needs the model's forward "
+    raise UserError(f"{sorted(active & {'classifier_nag', 'time_shift'})} needs the model's forward "
                      "process (process=nag_jax.process.create(family))")
   if "autoguidance" in active and parent is None:
-    raise ValueError("autoguidance_scale > 1 needs the weaker model (parent) as the bad branch")
+    raise UserError("autoguidance_scale > 1 needs the weaker model (parent) as the bad branch")
   if "tsg" in active and process is None:
-    raise ValueError("tsg_scale > 0 needs the model's forward process (process=nag_jax.process.create(family))")
+    raise UserError("tsg_scale > 0 needs the model's forward process (process=nag_jax.process.create(family))")
   if "classifier_nag" in active and estimator is None:
-    raise ValueError("classifier_nag_scale > 0 needs the noise-level estimator g_phi (estimator=...)")
+    raise UserError("classifier_nag_scale > 0 needs the noise-level estimator g_phi (estimator=...)")
 
   def core(x: jax.Array, t: jax.Array, prev: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
     b = x.shape[0]

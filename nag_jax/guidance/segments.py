@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nag_jax.errors import UserError
+
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
 Segment = tuple[int, int, Denoise]
 DenoiseSpec = Union[Denoise, Sequence[Segment]]
@@ -27,7 +29,7 @@ class Stateful:
     self.step, self.init = step, init
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    raise ValueError("this denoiser carries a state across steps (APG momentum); this sampler cannot "
+    raise UserError("this denoiser carries a state across steps (APG momentum); this sampler cannot "
                      "carry it (use a fixed-grid sampler)")
 
 
@@ -42,7 +44,7 @@ def bind(fn: Denoise, cell: list | None) -> Denoise:
   if not isinstance(fn, Stateful):
     return fn
   if cell is None:
-    raise ValueError("a Stateful denoiser needs the state cell of `state_cell`")
+    raise UserError("a Stateful denoiser needs the state cell of `state_cell`")
 
   def call(x: jax.Array, t: jax.Array) -> jax.Array:
     out, cell[0] = fn.step(x, t, cell[0])
@@ -73,15 +75,15 @@ def as_segments(denoise: DenoiseSpec, num_steps: int) -> list[Segment]:
   segments, expected = [], 0
   for seg in denoise:
     if len(seg) != 3 or not callable(seg[2]):
-      raise ValueError(f"a segment must be (start_step, stop_step, denoise), got {seg!r}")
+      raise UserError(f"a segment must be (start_step, stop_step, denoise), got {seg!r}")
     start, stop, fn = int(seg[0]), int(seg[1]), seg[2]
     if start != expected or stop <= start:
-      raise ValueError(f"segments must cover steps 0..{num_steps - 1} in order without gaps; "
+      raise UserError(f"segments must cover steps 0..{num_steps - 1} in order without gaps; "
                        f"got ({start}, {stop}) where ({expected}, >{expected}) was expected")
     segments.append((start, stop, fn))
     expected = stop
   if expected != num_steps:
-    raise ValueError(f"segments cover steps 0..{expected - 1}, the sampler has {num_steps} steps")
+    raise UserError(f"segments cover steps 0..{expected - 1}, the sampler has {num_steps} steps")
   return segments
 
 

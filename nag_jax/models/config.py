@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from nag_jax.process import FAMILIES, family_process
+from nag_jax.errors import UserError
 
 # Official size table (DiT models.py L328-369; SiT is identical): name -> (depth, hidden, heads).
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -63,7 +64,7 @@ class ModelConfig:
       if getattr(self, name) < 1:
         problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
     if problems:
-      raise ValueError("invalid model config: " + "; ".join(problems))
+      raise UserError("invalid model config: " + "; ".join(problems))
 
   @property
   def out_channels(self) -> int:
@@ -104,7 +105,7 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"unknown model config keys: {unknown}")
+      raise UserError(f"unknown model config keys: {unknown}")
     return cls(**d)
 
 
@@ -114,11 +115,11 @@ def get_model_config(name: str, *, image_size: int = 256, num_classes: int = 100
   m = re.fullmatch(r"(DiT|SiT)-(S|B|L|XL)/(\d+)", name)
   if not m or int(m.group(3)) not in PATCHES:
     names = ", ".join(registry_names())
-    raise ValueError(f"unknown model {name!r}; known: {names}")
+    raise UserError(f"unknown model {name!r}; known: {names}")
   family, size, patch = m.group(1).lower(), m.group(2), int(m.group(3))
   depth, hidden, heads = SIZES[size]
   if image_size % 8:
-    raise ValueError(f"image_size must be divisible by 8 (the VAE downsamples by 8), got {image_size}")
+    raise UserError(f"image_size must be divisible by 8 (the VAE downsamples by 8), got {image_size}")
   return ModelConfig(family=family, input_size=image_size // 8, patch_size=patch, hidden_size=hidden,
                      depth=depth, num_heads=heads, num_classes=num_classes, learn_sigma=learn_sigma,
                      **overrides)

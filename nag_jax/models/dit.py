@@ -10,6 +10,7 @@ from nag_jax.models.config import ModelConfig
 from nag_jax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
 from nag_jax.models.layers import cotangent_fence, dense, mixed_einsum
 from nag_jax.sharding import constrain
+from nag_jax.errors import UserError
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -128,7 +129,7 @@ class Backbone(nn.Module):
     cfg = self.config
     b, h, w, _ = x.shape
     if (h, w) != (cfg.input_size, cfg.input_size) or x.shape[-1] != cfg.in_channels:
-      raise ValueError(f"expected x of shape (B, {cfg.input_size}, {cfg.input_size}, {cfg.in_channels}) "
+      raise UserError(f"expected x of shape (B, {cfg.input_size}, {cfg.input_size}, {cfg.in_channels}) "
                        f"(NHWC), got {x.shape}")
     tokens = self.x_embedder(x.astype(cfg.compute_dtype)).reshape(b, -1, cfg.hidden_size).astype(jnp.float32)
     tokens = tokens + jnp.asarray(sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size))[None]

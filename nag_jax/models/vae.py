@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nag_jax.errors import UserError
+
 # diffusers get_activation(); torch nn.GELU is the exact (erf) form.
 ACTIVATIONS = {
     "silu": nn.silu, "swish": nn.silu, "relu": nn.relu,
@@ -59,7 +61,7 @@ class VAEConfig:
     if self.act_fn not in ACTIVATIONS:
       problems.append(f"act_fn must be one of {sorted(ACTIVATIONS)}, got {self.act_fn!r}")
     if problems:
-      raise ValueError("unsupported AutoencoderKL config: " + "; ".join(problems))
+      raise UserError("unsupported AutoencoderKL config: " + "; ".join(problems))
 
   @classmethod
   def from_dict(cls, d: dict) -> VAEConfig:
@@ -67,7 +69,7 @@ class VAEConfig:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
     if unknown:
-      raise ValueError(f"unknown AutoencoderKL config fields {unknown}")
+      raise UserError(f"unknown AutoencoderKL config fields {unknown}")
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
     return cls(**kw)
 

@@ -12,6 +12,7 @@ import tqdm
 
 from nag_jax import checks
 from nag_jax.models.vae import AutoencoderKL
+from nag_jax.errors import UserError
 
 
 def _shift(module: AutoencoderKL) -> float:
@@ -48,7 +49,7 @@ def encode(module: AutoencoderKL, params: dict, images: jax.Array, key: jax.Arra
   must already be in [-1, 1]. `mode=True` takes the posterior mean instead of a sample (no key needed).
   """
   if key is None and not mode:
-    raise ValueError("encode needs a key to sample the posterior (or mode=True)")
+    raise UserError("encode needs a key to sample the posterior (or mode=True)")
   if jnp.issubdtype(images.dtype, jnp.integer):
     images = uint8_to_pixels(images)
   posterior = module.apply({"params": params}, images, method=AutoencoderKL.encode)

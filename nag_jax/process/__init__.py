@@ -8,6 +8,7 @@ from __future__ import annotations
 from nag_jax.process.base import Process
 from nag_jax.process.ddpm import DDPMProcess
 from nag_jax.process.transport import TransportProcess
+from nag_jax.errors import UserError
 
 REGISTRY: dict[str, type[Process]] = {"dit": DDPMProcess, "sit": TransportProcess}
 FAMILIES = tuple(REGISTRY)
@@ -16,7 +17,7 @@ FAMILIES = tuple(REGISTRY)
 def family_process(family: str) -> type[Process]:
   """The process class of `family` (its class-level defaults: pseudo level, sampler methods)."""
   if family not in REGISTRY:
-    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    raise UserError(f"family must be one of {FAMILIES}, got {family!r}")
   return REGISTRY[family]
 
 

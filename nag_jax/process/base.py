@@ -14,6 +14,8 @@ from typing import ClassVar
 import jax
 import numpy as np
 
+from nag_jax.errors import UserError
+
 
 class Process(abc.ABC):
   """One family's diffusion process; subclasses live one per module in `nag_jax.process`."""
@@ -74,6 +76,6 @@ class Process(abc.ABC):
     level = self.default_pseudo_level if level is None else float(level)
     lo, hi = self.time_range
     if lo <= level <= hi:
-      raise ValueError(f"pseudo_level {level} lies inside the trained range {(lo, hi)} of {self.family} timesteps; "
+      raise UserError(f"pseudo_level {level} lies inside the trained range {(lo, hi)} of {self.family} timesteps; "
                        "the noise-unconditional branch needs a level outside it (1001 for DiT, 1.001 for SiT)")
     return level

@@ -6,6 +6,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
+from nag_jax.errors import UserError
+
 
 class SampleOutput(NamedTuple):
   """Final state, optional per-step states (trajectory[k] = state after step k) and model calls."""
@@ -25,7 +27,7 @@ def step_noise(key: Optional[jax.Array], k: jax.Array, x: jax.Array,
 def check_choice(what: str, value: Any, allowed: Sequence[Any]) -> None:
   """Raises ValueError naming the bad value and the allowed ones."""
   if value not in allowed:
-    raise ValueError(f"unknown {what} {value!r}; expected one of {tuple(allowed)}")
+    raise UserError(f"unknown {what} {value!r}; expected one of {tuple(allowed)}")
 
 
 def check_noises(noises: Optional[jax.Array], key: Optional[jax.Array], num_noisy: int,
@@ -34,9 +36,9 @@ def check_noises(noises: Optional[jax.Array], key: Optional[jax.Array], num_nois
   if noises is not None:
     expected = (num_noisy,) + tuple(x.shape)
     if tuple(noises.shape) != expected:
-      raise ValueError(f"noises must have shape {expected}, got {tuple(noises.shape)}")
+      raise UserError(f"noises must have shape {expected}, got {tuple(noises.shape)}")
   elif key is None and draws:
-    raise ValueError("this sampler draws noise: pass a PRNG key (or injected noises)")
+    raise UserError("this sampler draws noise: pass a PRNG key (or injected noises)")
 
 
 def linspace_f32(start: float, stop: float, num: int) -> np.ndarray:

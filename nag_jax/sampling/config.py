@@ -18,7 +18,7 @@ PRESETS = {"none": (1.0, 0.0), "cfg": (1.5, 0.0), "nag": (1.0, 3.0), "nag_cfg": 
 def default_sample_config(family: str, preset: str = "nag") -> ml_collections.ConfigDict:
   """Defaults of the official sample scripts for `family` with one of the paper's guidance presets."""
   if preset not in PRESETS:
-    raise ValueError(f"unknown guidance preset {preset!r}; expected one of {tuple(PRESETS)}")
+    raise UserError(f"unknown guidance preset {preset!r}; expected one of {tuple(PRESETS)}")
   c = ml_collections.ConfigDict()
   c.checkpoint = ""            # converted model directory (python -m nag_jax.convert)
   c.vae = ""                   # converted SD-VAE directory; "" writes latents (or pixels, below)

@@ -14,6 +14,7 @@ import numpy as np
 from nag_jax.flow import transport as tr
 from nag_jax.guidance import segments as seg
 from nag_jax.sampling import common
+from nag_jax.errors import UserError
 
 ODE_SAMPLERS = ("euler", "heun2", "midpoint", "dopri5")
 
@@ -21,7 +22,7 @@ ODE_SAMPLERS = ("euler", "heun2", "midpoint", "dopri5")
 def ode_time_grid(transport: tr.Transport, num_steps: int = 50) -> np.ndarray:
   """float32 `linspace(t0, t1, num_steps)` on the sampling interval ([0, 1] for Linear/GVP)."""
   if num_steps < 2:
-    raise ValueError(f"num_steps must be >= 2 (grid points), got {num_steps}")
+    raise UserError(f"num_steps must be >= 2 (grid points), got {num_steps}")
   t0, t1 = tr.check_interval(transport, sde=False, sampling=True)
   return common.linspace_f32(t0, t1, num_steps)
 
@@ -67,7 +68,7 @@ def _dopri5(denoise, x, grid, atol, rtol, max_steps, return_trajectory):
   """Adaptive Dormand-Prince 5(4) from grid[0] to grid[-1] through `diffrax.diffeqsolve`."""
   segments = seg.as_segments(denoise, len(grid) - 1)
   if len(segments) != 1:
-    raise ValueError("dopri5 is adaptive and takes one denoise callable, not several segments")
+    raise UserError("dopri5 is adaptive and takes one denoise callable, not several segments")
   denoise = segments[0][2]
   batch = x.shape[:1]
   term = diffrax.ODETerm(lambda t, y, args: denoise(y, jnp.full(batch, t, y.dtype)))

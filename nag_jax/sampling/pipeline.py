@@ -55,17 +55,17 @@ class SamplerConfig:
       raise UserError("invalid sampler: " + "; ".join(nonfinite))
     common.check_choice(f"sampling method for {family}", self.method, process.family_process(family).sampler_methods)
     if self.num_steps < 1:
-      raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+      raise UserError(f"num_steps must be >= 1, got {self.num_steps}")
     if self.method == "sde":
       common.check_choice("SDE sampler", self.sde_method, SDE_SAMPLERS)
     if self.method == "ode":
       common.check_choice("ODE sampler", self.ode_method, ODE_SAMPLERS)
     if self.method in DIFFUSION_SAMPLERS and self.eta < 0:
-      raise ValueError(f"eta must be >= 0, got {self.eta}")
+      raise UserError(f"eta must be >= 0, got {self.eta}")
     if not isinstance(self.row_chunk, int) or self.row_chunk < 0:
-      raise ValueError(f"row_chunk must be an integer >= 0, got {self.row_chunk!r}")
+      raise UserError(f"row_chunk must be an integer >= 0, got {self.row_chunk!r}")
     if self.row_chunk and jax.device_count() > 1:
-      raise ValueError(f"row_chunk {self.row_chunk} needs a single device (here {jax.device_count()}); "
+      raise UserError(f"row_chunk {self.row_chunk} needs a single device (here {jax.device_count()}); "
                        "with a mesh each device runs its own rows: use row_chunk 0")
 
 
@@ -155,11 +155,11 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
   nu, run = _plan(proc, sampler)
   used = frozenset().union(*(guidance.active_terms(float(v)) for v in nu))
   if "dog" in used and parent_config is None:
-    raise ValueError("dog_scale > 1 needs parent_config (the pre-trained model of Domain Guidance)")
+    raise UserError("dog_scale > 1 needs parent_config (the pre-trained model of Domain Guidance)")
   if "autoguidance" in used and parent_config is None:
-    raise ValueError("autoguidance_scale > 1 needs parent_config (the weaker model of autoguidance)")
+    raise UserError("autoguidance_scale > 1 needs parent_config (the weaker model of autoguidance)")
   if "classifier_nag" in used and estimator is None:
-    raise ValueError("classifier_nag_scale > 0 needs estimator (the noise-level estimator g_phi)")
+    raise UserError("classifier_nag_scale > 0 needs estimator (the noise-level estimator g_phi)")
   model = DiT(model_config)
   parent = DiT(parent_config) if parent_config is not None else None
   shape = (model_config.input_size, model_config.input_size, model_config.in_channels)

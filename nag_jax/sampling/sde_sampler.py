@@ -16,6 +16,7 @@ from nag_jax.flow import paths
 from nag_jax.flow import transport as tr
 from nag_jax.guidance import segments as seg
 from nag_jax.sampling import common
+from nag_jax.errors import UserError
 
 SDE_SAMPLERS = ("Euler", "Heun")
 LAST_STEPS = ("Mean", "Tweedie", "Euler", None)
@@ -28,11 +29,11 @@ def sde_time_grid(transport: tr.Transport, num_steps: int = 250, *, diffusion_fo
   common.check_choice("diffusion form", diffusion_form, paths.DIFFUSION_FORMS)
   common.check_choice("last step", last_step, LAST_STEPS)
   if num_steps < 2:
-    raise ValueError(f"num_steps must be >= 2 (grid points), got {num_steps}")
+    raise UserError(f"num_steps must be >= 2 (grid points), got {num_steps}")
   if last_step is None:
     last_step_size = 0.0
   elif not 0.0 < last_step_size < 1.0:
-    raise ValueError(f"last_step_size must be in (0, 1), got {last_step_size}")
+    raise UserError(f"last_step_size must be in (0, 1), got {last_step_size}")
   t0, t1 = tr.check_interval(transport, sde=True, diffusion_form=diffusion_form, sampling=True,
                              last_step_size=last_step_size)
   return common.linspace_f32(t0, t1, num_steps), t1

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from nag_jax import destination
+from nag_jax.errors import UserError
 
 RUN_FILE = "run.json"
 PARTS_DIR = "parts"
@@ -115,7 +116,7 @@ def merge_parts(out_dir: pathlib.Path, num_samples: int, protocol: str) -> tuple
       images.append(f["images"])
       labels.append(f["labels"])
   if not images:
-    raise ValueError(f"{out_dir / PARTS_DIR} holds no parts of protocol {protocol}")
+    raise UserError(f"{out_dir / PARTS_DIR} holds no parts of protocol {protocol}")
   return np.concatenate(images)[:num_samples], np.concatenate(labels)[:num_samples]
 
 

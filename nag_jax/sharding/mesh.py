@@ -9,6 +9,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from nag_jax.errors import UserError
+
 AXES = ("data", "fsdp", "tensor")
 DCN = "dcn"  # optional key of a mesh config: {axis: number of slices (or hosts) it spans}
 
@@ -25,18 +27,18 @@ def resolve_shape(shape: Mapping[str, int], num_devices: int) -> dict:
   """
   unknown = sorted(set(shape) - set(AXES) - {DCN})
   if unknown:
-    raise ValueError(f"unknown mesh axes {unknown}; known: {AXES} (and {DCN!r} for multi-slice)")
+    raise UserError(f"unknown mesh axes {unknown}; known: {AXES} (and {DCN!r} for multi-slice)")
   sizes = {a: int(shape.get(a, 1)) for a in AXES}
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
-    raise ValueError(f"mesh {sizes}: each axis must be a positive size, and at most one may be -1")
+    raise UserError(f"mesh {sizes}: each axis must be a positive size, and at most one may be -1")
   fixed = math.prod(s for s in sizes.values() if s != -1)
   if num_devices % fixed:
-    raise ValueError(f"mesh {sizes} does not divide the {num_devices} devices")
+    raise UserError(f"mesh {sizes} does not divide the {num_devices} devices")
   if free:
     sizes[free[0]] = num_devices // fixed
   if math.prod(sizes.values()) != num_devices:
-    raise ValueError(f"mesh {sizes} has {math.prod(sizes.values())} devices, but {num_devices} are available")
+    raise UserError(f"mesh {sizes} has {math.prod(sizes.values())} devices, but {num_devices} are available")
   return sizes
 
 
@@ -66,16 +68,16 @@ def _hybrid_grid(sizes: dict, dcn_shape: Mapping[str, int], devices: list) -> np
   """Device grid whose axes are split into (within a slice) x (across slices)."""
   unknown = sorted(set(dcn_shape) - set(AXES))
   if unknown:
-    raise ValueError(f"unknown dcn mesh axes {unknown}; known: {AXES}")
+    raise UserError(f"unknown dcn mesh axes {unknown}; known: {AXES}")
   dcn = {a: int(dcn_shape.get(a, 1)) for a in AXES}
   bad = [a for a in AXES if dcn[a] < 1 or sizes[a] % dcn[a]]
   if bad:
-    raise ValueError(f"dcn split {dcn} does not divide the mesh {sizes} along {bad}")
+    raise UserError(f"dcn split {dcn} does not divide the mesh {sizes} along {bad}")
   by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
   granules = len({d.slice_index if by_slice else d.process_index for d in devices})
   if math.prod(dcn.values()) != granules:
     kind = "slices" if by_slice else "processes"
-    raise ValueError(f"dcn split {dcn} needs {math.prod(dcn.values())} {kind}, but the devices span {granules}")
+    raise UserError(f"dcn split {dcn} needs {math.prod(dcn.values())} {kind}, but the devices span {granules}")
   ici = tuple(sizes[a] // dcn[a] for a in AXES)
   return mesh_utils.create_hybrid_device_mesh(ici, tuple(dcn[a] for a in AXES), devices=devices,
                                               process_is_granule=not by_slice)

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from nag_jax.sharding.rules import batch_sharding
+from nag_jax.errors import UserError
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -31,7 +32,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   auto = environ.get("NAG_DISTRIBUTED") == "auto" or int(environ.get("SLURM_NTASKS", "1")) > 1
   if address is None and not auto:
     if count not in (None, 1):
-      raise ValueError(f"{count} processes need a coordinator address (NAG_COORDINATOR_ADDRESS=host:port), "
+      raise UserError(f"{count} processes need a coordinator address (NAG_COORDINATOR_ADDRESS=host:port), "
                        "or NAG_DISTRIBUTED=auto on a TPU pod or SLURM job")
     return False
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -52,26 +53,26 @@ def _int_or_none(name: str, value: int | None, env_value: str | None) -> int | N
   try:
     return int(raw)
   except ValueError:
-    raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    raise UserError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def _check_explicit(address: str, count: int | None, index: int | None) -> None:
   """One clear error for an incomplete or inconsistent explicit set-up."""
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit():
-    raise ValueError(f"coordinator address must be host:port, got {address!r}")
+    raise UserError(f"coordinator address must be host:port, got {address!r}")
   if count is None or index is None:
-    raise ValueError("a coordinator address needs num_processes and process_id too "
+    raise UserError("a coordinator address needs num_processes and process_id too "
                      "(NAG_NUM_PROCESSES, NAG_PROCESS_ID)")
   if count < 1 or not 0 <= index < count:
-    raise ValueError(f"process_id must be in [0, num_processes), got process_id={index}, "
+    raise UserError(f"process_id must be in [0, num_processes), got process_id={index}, "
                      f"num_processes={count}")
 
 
 def check_process_count(expected: int) -> None:
   """Raises when the run has another number of processes than the config or launcher asked for."""
   if jax.process_count() != expected:
-    raise ValueError(f"process count mismatch: expected {expected} processes, but JAX sees "
+    raise UserError(f"process count mismatch: expected {expected} processes, but JAX sees "
                      f"{jax.process_count()} (check the launcher's process count and the coordinator)")
 
 
@@ -81,7 +82,7 @@ def process_rows(mesh: Mesh, global_batch: int) -> slice:
   blocks = sorted({s.indices(global_batch)[:2] for (s,) in index.values()})
   start, stop = blocks[0][0], blocks[-1][1]
   if sum(b - a for a, b in blocks) != stop - start:
-    raise ValueError(f"the batch rows of process {jax.process_index()} are not contiguous ({blocks}); "
+    raise UserError(f"the batch rows of process {jax.process_index()} are not contiguous ({blocks}); "
                      "order the mesh so that each process holds one block of the data axes")
   return slice(start, stop)
 

@@ -16,6 +16,8 @@ import jax
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from nag_jax.errors import UserError
+
 # logical name -> mesh axes. Params: 'embed' is FSDP-sharded, 'mlp'/'heads' tensor-parallel.
 # Activations: 'batch' over data x fsdp, features ('act_embed') whole, hidden units as their weights.
 RULES = (
@@ -95,7 +97,7 @@ def check_batch(mesh: Mesh, batch: int) -> None:
   axes = dict(RULES)["batch"]
   devices = batch_devices(mesh.shape)
   if batch % devices:
-    raise ValueError(f"batch {batch} is not divisible by the {devices} devices of the batch axes {axes} of "
+    raise UserError(f"batch {batch} is not divisible by the {devices} devices of the batch axes {axes} of "
                      f"mesh {dict(mesh.shape)}")
 
 

@@ -19,6 +19,7 @@ from ml_collections import config_dict
 
 from nag_jax.models.config import get_model_config
 from nag_jax.sharding.mesh import default_mesh_config
+from nag_jax.errors import UserError
 
 
 def model_fields(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -56,7 +57,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 def get_xl2_finetune_config(family: str, mode: str = "finetune") -> ml_collections.ConfigDict:
   """Appendix B.1's fine-tune of the released DiT-XL/2 or SiT-XL/2: ImageNet-256 latents, batch 256, lr 1e-5."""
   if family not in ("DiT", "SiT"):
-    raise ValueError(f"config argument must be DiT or SiT, got {family!r}")
+    raise UserError(f"config argument must be DiT or SiT, got {family!r}")
   c = get_base_config()
   c.mode = mode
   c.model = model_fields(f"{family}-XL/2", image_size=256, num_classes=1000)

@@ -77,7 +77,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   c, o, opt = config, config.objective, config.optimizer
   try:
     model = model_config_of(c)
-  except (ValueError, TypeError) as e:
+  except (UserError, TypeError) as e:
     raise ConfigError(f"invalid config: model: {e}") from None
   pos_int = lambda v: isinstance(v, int) and v >= 1
   nonneg_int = lambda v: isinstance(v, int) and v >= 0
@@ -165,7 +165,7 @@ def _check_batch(p: list, c: ml_collections.ConfigDict, num_devices: int) -> Non
   """The global batch must split into micro-batches that split over the batch-sharded devices."""
   try:
     mesh = resolve_shape(c.mesh.to_dict(), num_devices)
-  except ValueError as e:
+  except UserError as e:
     p.append(f"mesh: {e}")
     return
   accum = c.optimizer.accumulation_steps
@@ -187,7 +187,7 @@ def _check_init_from(p: list, c: ml_collections.ConfigDict, model: ModelConfig) 
     return
   try:
     ckpt = model_dir.read_config(c.init_from)
-  except ValueError as e:
+  except UserError as e:
     p.append(f"init_from: {e}")
     return
   diff = [f"{k}={getattr(model, k)!r} (checkpoint: {getattr(ckpt, k)!r})" for k in ckpt.to_dict()

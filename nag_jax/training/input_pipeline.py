@@ -8,6 +8,7 @@ from jax.sharding import Mesh
 
 from nag_jax import data
 from nag_jax.sharding import batch_sharding, multihost
+from nag_jax.errors import UserError
 
 
 DATA_KINDS = ("digits", "folder", "tfds", "latents")  # the sources `create_source` builds
@@ -32,9 +33,9 @@ def check_source(source, model_config) -> None:
   shape = x.shape[1:] if source.kind == "latent" else x.shape
   want = (model_config.input_size, model_config.input_size, model_config.in_channels)
   if tuple(shape) != want:
-    raise ValueError(f"the data's records are {tuple(shape)} (HWC) but the model takes {want}")
+    raise UserError(f"the data's records are {tuple(shape)} (HWC) but the model takes {want}")
   if source.num_classes > model_config.num_classes:
-    raise ValueError(f"the data has {source.num_classes} classes but the model only {model_config.num_classes}")
+    raise UserError(f"the data has {source.num_classes} classes but the model only {model_config.num_classes}")
 
 
 def create_iterator(config: ml_collections.ConfigDict, source, mesh: Mesh):

@@ -15,6 +15,7 @@ from absl import logging
 
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.vae_convert import load_vae
+from nag_jax.errors import NonFiniteError
 from nag_jax.sharding import make_mesh
 from nag_jax.training import checkpointing, config_validation, init_state, input_pipeline, samples
 from nag_jax.training.objectives import create_objective
@@ -25,11 +26,11 @@ EXPORT_DIR = "model"
 
 
 def check_finite(pending: list[tuple[int, dict]]) -> None:
-  """Raises FloatingPointError naming the first step whose loss, gradient or params are NaN or infinite."""
+  """Raises NonFiniteError naming the first step whose loss, gradient or params are NaN or infinite."""
   for step, m in pending:
     bad = {k: float(m[k]) for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(m[k])}
     if bad:
-      raise FloatingPointError(f"non-finite {bad} at step {step}; training stopped (checkpoints are only "
+      raise NonFiniteError(f"non-finite {bad} at step {step}; training stopped (checkpoints are only "
                                "written after a check, so the last one is intact)")
 
 
