@@ -20,6 +20,7 @@ from nag_jax.evaluation import noise_shift as ns
 from nag_jax.evaluation import shift_analysis
 from nag_jax.evaluation.shift_analysis import SETTINGS
 from nag_jax.errors import UserError
+from nag_jax.sharding import multihost
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
   """The command: an expected failure is one `error:` line and code 2."""
   args = parse_args(argv)
+  multihost.start()  # before any other JAX call
   report = run(args)
   print(ns.table_text(report), end="")
   print(f"wrote {args.out}")

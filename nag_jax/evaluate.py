@@ -18,6 +18,7 @@ import numpy as np
 
 from nag_jax import cli, destination
 from nag_jax.errors import UserError
+from nag_jax.sharding import multihost
 from nag_jax.evaluation import fid, inception_convert, precision_recall, sample_io
 from nag_jax.evaluation.features import extract_features
 from nag_jax.evaluation.inception import RESIZE_MODES, adm_logits
@@ -96,7 +97,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   def run(images, desc):
     with jax.default_matmul_precision("highest"):  # Full float32 convs: no TF32 on GPUs.
       return extract_features(features, variables, images, args.batch_size,
-                              progress=not args.no_progress, desc=desc)
+                              progress=not args.no_progress and multihost.is_primary(), desc=desc)
 
   pool, logits = run(samples, "samples")
   ref_pool = run(reference.images, "reference")[0] if reference.images is not None else None
@@ -123,8 +124,10 @@ def evaluate(args: argparse.Namespace) -> dict:
       "inception_score": "softmax(pool @ fc.kernel), no bias, splits of 5000 (ADM)",
       "precision_recall_k": args.k, "matmul_precision": "highest (float32)",
       "batch_size": args.batch_size,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}"}
-
+      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+      "processes": jax.process_count()}
+  if not multihost.is_primary():  # every process computed the same metrics; process 0 reports them
+    return metrics
   print(f"{'metric':<16}value")
   for name in ("fid", "inception_score", "precision", "recall"):
     value = metrics[name]
@@ -140,7 +143,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 @cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
   """The command: an expected failure is one `error:` line and code 2."""
-  evaluate(_parse(argv))
+  args = _parse(argv)
+  multihost.start()  # before any other JAX call
+  evaluate(args)
   return 0
 
 

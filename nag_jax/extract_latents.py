@@ -22,6 +22,7 @@ import jax
 from nag_jax import cli, data, destination
 from nag_jax.data import latents as latents_format
 from nag_jax.errors import UserError
+from nag_jax.sharding import multihost
 
 ARTIFACT_NAMES = frozenset({latents_format.META_FILE, "latents-*.array_record"})
 WHAT = "latents folder"
@@ -85,7 +86,9 @@ def extract(args: argparse.Namespace) -> None:
 @cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
   """The command: an expected failure is one `error:` line and code 2, with --dst untouched."""
-  extract(parse_args(argv))
+  args = parse_args(argv)
+  multihost.start()  # before any other JAX call
+  extract(args)
   return 0
 
 

@@ -138,8 +138,7 @@ def main(argv: list[str]) -> int:
   if flags.FLAGS.config is None:
     raise UserError("--config is required, e.g. --config configs/sample_dit.py:nag")
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-file INFO lines out of the progress bar
-  multihost.initialize()
-  jax.config.update("jax_threefry_partitionable", True)
+  multihost.start()  # before any other JAX call
   run(flags.FLAGS.config)
   return 0
 

@@ -43,7 +43,8 @@ def global_array(mesh, rows: slice, full: np.ndarray) -> jax.Array:
 
 def main(out_dir: pathlib.Path, num_processes: int, process_id: int, port: int) -> None:
   if num_processes > 1:
-    multihost.initialize(f"127.0.0.1:{port}", num_processes, process_id, timeout_s=60)
+    multihost.initialize({"NAG_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "NAG_NUM_PROCESSES": str(num_processes),
+                          "NAG_PROCESS_ID": str(process_id)}, timeout_s=60)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "dcn": {"data": num_processes}})
   else:
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])

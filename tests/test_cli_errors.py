@@ -259,7 +259,7 @@ def test_init_from_in_scratch_mode_is_refused(train_main, files, tmp_path, capsy
 def test_resume_with_another_model_config_names_the_keys(train_main, tmp_path, capsys):
   from nag_jax.training import checkpointing  # pylint: disable=import-outside-toplevel
   work = tmp_path / "w"
-  for item in ("state", "data"):  # a checkpoint step that was written (its contents are never reached)
+  for item in ("state",):  # a checkpoint step that was written (its contents are never reached)
     (work / "checkpoints" / "3" / item).mkdir(parents=True)
   checkpointing.check_run_config(work, train_config())
   before = listing(work)
@@ -273,7 +273,6 @@ def test_corrupt_newest_checkpoint_is_one_line(train_main, tmp_path, capsys):
   step = tmp_path / "checkpoints" / "3"
   (step / "state").mkdir(parents=True)
   (step / "state" / "checkpoint").write_bytes(b"\x00garbage")
-  (step / "data").mkdir()
   one_error(capsys, train_main.run(train_config(), str(tmp_path)), "cannot restore training checkpoint step 3",
             "move the folder away")
 

@@ -1,8 +1,7 @@
-"""Tests of the grain training pipeline: seeded order, process shards, resume, flips, bad configs."""
+"""Tests of the grain training pipeline: seeded order, per-process rows, resume, flips, bad configs."""
 from absl import flags
 import grain
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from nag_jax import data
@@ -18,10 +17,9 @@ def _id_images(n=N, size=6):
   return data.ArraySource(images, np.arange(n)), images
 
 
-def _make(source, shard_options=None, read_options=SMALL_READS, **kwargs):
-  """An iterator for one simulated process out of `shard_options` (default: the only one)."""
-  return data.make_train_iterator(source, shard_options=shard_options or _shard(0, 1),
-                                  read_options=read_options, **kwargs)
+def _make(source, read_options=SMALL_READS, **kwargs):
+  """An iterator for one simulated process (its `rows` of each global batch; default all of them)."""
+  return data.make_train_iterator(source, read_options=read_options, **kwargs)
 
 
 def _take(iterator, k):
@@ -35,10 +33,6 @@ def _assert_same(batches_a, batches_b):
     np.testing.assert_array_equal(a["x"], b["x"])
 
 
-def _shard(index, count=2):
-  return grain.sharding.ShardOptions(index, count, drop_remainder=True)
-
-
 def test_same_seed_same_stream_and_different_seed_differs():
   source, _ = _id_images()
   make = lambda seed: _make(source, global_batch_size=4, seed=seed)
@@ -48,17 +42,20 @@ def test_same_seed_same_stream_and_different_seed_differs():
   assert any((a["y"] != b["y"]).any() for a, b in zip(first, other))
 
 
-def test_two_processes_get_disjoint_shards_covering_each_epoch():
-  source, _ = _id_images()
-  steps = data.steps_per_epoch(N, global_batch_size=8, process_count=2)
+@pytest.mark.parametrize("splits", [(0, 4, 8), (0, 2, 4, 6, 8), (0, 1, 8)])
+def test_processes_read_their_rows_of_the_one_process_global_batch(splits):
+  source, images = _id_images()
+  steps = data.steps_per_epoch(N, global_batch_size=8)
   assert steps == 3
-  iterators = [_make(source, global_batch_size=8, seed=0, shard_options=_shard(i))
-               for i in range(2)]
-  for _ in range(2):  # two epochs
-    per_process = [np.concatenate([b["y"] for b in _take(it, steps)]) for it in iterators]
-    assert all(len(ids) == N // 2 for ids in per_process)
-    assert not set(per_process[0]) & set(per_process[1])
-    assert sorted(np.concatenate(per_process)) == list(range(N))
+  one = _take(_make(source, global_batch_size=8, seed=0), 2 * steps)
+  parts = [_take(_make(source, global_batch_size=8, seed=0, rows=slice(a, b)), 2 * steps)
+           for a, b in zip(splits[:-1], splits[1:])]
+  for k, batch in enumerate(one):  # records and flips alike, across the epoch boundary
+    np.testing.assert_array_equal(np.concatenate([p[k]["y"] for p in parts]), batch["y"])
+    np.testing.assert_array_equal(np.concatenate([p[k]["x"] for p in parts]), batch["x"])
+  for epoch in range(2):  # each epoch visits every record once
+    ids = np.concatenate([b["y"] for b in one[epoch * steps:(epoch + 1) * steps]])
+    assert sorted(ids) == list(range(N))
 
 
 def test_finite_epochs_visit_every_record_once_then_stop():
@@ -69,30 +66,13 @@ def test_finite_epochs_visit_every_record_once_then_stop():
   assert sorted(ids[:N]) == list(range(N))
 
 
-def test_restored_state_continues_exactly_like_the_uninterrupted_stream():
+@pytest.mark.parametrize("rows", [slice(0, 4), slice(2, 4)])
+def test_a_stream_started_at_a_batch_continues_the_uninterrupted_stream(rows):
+  """What a resume does (on any number of processes): start the stream at the step's batch."""
   source, _ = _id_images()
-  make = lambda: _make(source, global_batch_size=4, seed=7, shard_options=_shard(1))
-  uninterrupted = make()
-  _take(uninterrupted, 5)
-  state = uninterrupted.get_state()
-  expected = _take(uninterrupted, 6)  # crosses the epoch boundary (6 batches per shard epoch)
-  restored = make()
-  restored.set_state(state)
-  _assert_same(_take(restored, 6), expected)
-
-
-def test_orbax_checkpoint_manager_saves_and_restores_the_iterator(tmp_path):
-  source, _ = _id_images()
-  make = lambda: _make(source, global_batch_size=4, seed=2)
-  iterator = make()
-  _take(iterator, 4)
-  with ocp.CheckpointManager(tmp_path) as manager:
-    manager.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
-  expected = _take(iterator, 3)
-  fresh = make()
-  with ocp.CheckpointManager(tmp_path) as manager:
-    manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
-  _assert_same(_take(fresh, 3), expected)
+  uninterrupted = _take(_make(source, global_batch_size=4, seed=7, rows=rows), 11)
+  resumed = _take(_make(source, global_batch_size=4, seed=7, rows=rows, start_batch=5), 6)
+  _assert_same(resumed, uninterrupted[5:])  # crosses the epoch boundary (6 batches per epoch)
 
 
 def test_image_flips_are_fliplr_of_the_record_and_normalised():
@@ -138,9 +118,10 @@ def test_digits_through_the_pipeline():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"global_batch_size": 6}, "multiple of the number of processes"),
-    ({"global_batch_size": 0}, "multiple of the number of processes"),
-    ({"global_batch_size": 40}, "fewer than its batch"),
+    ({"global_batch_size": 8, "rows": slice(4, 12)}, "rows 4:12 are not rows of a global batch of 8"),
+    ({"global_batch_size": 0}, "global_batch_size must be a positive integer"),
+    ({"global_batch_size": 40}, "fewer than one global batch of 40"),
+    ({"global_batch_size": 8, "start_batch": -1}, "start_batch"),
     ({"global_batch_size": 8, "seed": -1}, "seed"),
     ({"global_batch_size": 8, "num_epochs": 0}, "num_epochs"),
     ({"global_batch_size": 8, "worker_count": -1}, "worker_count"),
@@ -149,7 +130,7 @@ def test_invalid_config_values_raise_one_clear_error(kwargs, match):
   source, _ = _id_images()
   kwargs = {"seed": 0, **kwargs}
   with pytest.raises(ValueError, match=match):
-    _make(source, shard_options=_shard(0, 4), **kwargs)
+    _make(source, **kwargs)
 
 
 def test_worker_process_gives_the_same_batches_as_in_process():

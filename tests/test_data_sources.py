@@ -173,8 +173,7 @@ def test_latents_round_trip(tmp_path):
     np.testing.assert_allclose(record["x"][0], _pool8(images[i:i + 1])[0], rtol=1e-6)
     np.testing.assert_allclose(record["x"][1], _pool8(np.fliplr(images[i])[None])[0], rtol=1e-6)
     assert record["y"] == labels[i]
-  batch = next(data.make_train_iterator(read, global_batch_size=5, seed=0,
-                                        shard_options=grain.sharding.NoSharding()))
+  batch = next(data.make_train_iterator(read, global_batch_size=5, seed=0))
   assert batch["x"].shape == (5, 2, 3, 3) and batch["x"].dtype == np.float32
 
 

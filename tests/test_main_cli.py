@@ -104,7 +104,6 @@ def test_corrupt_checkpoint_gives_one_clear_error(cli, tmp_path, capsys):
   step = tmp_path / "checkpoints" / "3"
   (step / "state").mkdir(parents=True)
   (step / "state" / "checkpoint").write_bytes(b"\x00garbage")
-  (step / "data").mkdir()
   assert run_in_process(cli, tmp_path) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: cannot restore training checkpoint step 3")

@@ -1,4 +1,5 @@
 """Mesh construction, the logical rules, optimizer-state shardings, multi-process helpers and the dry run."""
+import os
 import subprocess
 import sys
 
@@ -120,28 +121,86 @@ def test_single_process_needs_no_distributed_start():
 
 @pytest.mark.parametrize("environ,message", [
     ({"NAG_COORDINATOR_ADDRESS": "10.0.0.1", "NAG_NUM_PROCESSES": "2", "NAG_PROCESS_ID": "0"}, "host:port"),
-    ({"NAG_COORDINATOR_ADDRESS": "10.0.0.1:1234", "NAG_NUM_PROCESSES": "2"}, "needs num_processes and process_id"),
+    ({"NAG_COORDINATOR_ADDRESS": "10.0.0.1:1234", "NAG_NUM_PROCESSES": "2"},
+     "needs NAG_NUM_PROCESSES and NAG_PROCESS_ID"),
     ({"NAG_COORDINATOR_ADDRESS": "10.0.0.1:1234", "NAG_NUM_PROCESSES": "2", "NAG_PROCESS_ID": "2"},
-     r"process_id must be in \[0, num_processes\)"),
-    ({"NAG_NUM_PROCESSES": "two"}, "num_processes must be an integer"),
-    ({"NAG_NUM_PROCESSES": "2", "NAG_PROCESS_ID": "0"}, "2 processes need a coordinator address"),
+     r"NAG_PROCESS_ID must be in \[0, NAG_NUM_PROCESSES\), got 2 of 2"),
+    ({"NAG_NUM_PROCESSES": "two"}, "NAG_NUM_PROCESSES must be an integer"),
+    ({"NAG_NUM_PROCESSES": "2", "NAG_PROCESS_ID": "0"}, "NAG_NUM_PROCESSES=2 but no coordinator"),
+    ({"NAG_DISTRIBUTED": "off", "SLURM_NTASKS": "4", "SLURM_PROCID": "1"}, "names 4 processes"),
+    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}, "say which GPUs this process drives"),
 ])
 def test_bad_distributed_setup_is_one_clear_error(environ, message):
   with pytest.raises(ValueError, match=message):
     multihost.initialize(environ=environ)
 
 
+SLURM = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_NTASKS": "16", "SLURM_PROCID": "11",
+         "SLURM_LOCALID": "3", "SLURM_STEP_NUM_NODES": "2"}
+
+
+@pytest.fixture
+def recorded_initialize(monkeypatch):
+  """jax.distributed.initialize replaced by a recorder (the process count check sees what it was told)."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(multihost, "check_process_count", lambda n: calls.append({"checked_count": n}))
+  return calls
+
+
+@pytest.mark.parametrize("extra, devices", [
+    ({"CUDA_VISIBLE_DEVICES": "3"}, [0]),  # one process per GPU: it drives the one GPU it sees
+    ({"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, list(range(8))),  # one process per node: all eight
+    ({"SLURM_GPUS_ON_NODE": "4"}, [0, 1, 2, 3]),
+    ({"NAG_LOCAL_DEVICE_IDS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, [2, 3]),
+])
+def test_slurm_start_passes_the_local_devices_explicitly(recorded_initialize, monkeypatch, extra, devices):
+  environ = {**SLURM, **extra}
+  assert multihost.initialize(environ=environ) is True
+  kwargs, check = recorded_initialize
+  assert kwargs["local_device_ids"] == devices and "coordinator_address" not in kwargs
+  assert check == {"checked_count": 16}
+  # What JAX's own SLURM detection makes of those arguments (its real code, under the same environment):
+  # it fills the coordinator, count and id, and keeps our devices instead of [SLURM_LOCALID] = [3].
+  from jax._src import clusters  # pylint: disable=import-outside-toplevel
+  for k in list(os.environ):
+    if k.startswith("SLURM_") or k in ("CUDA_VISIBLE_DEVICES", "OMPI_MCA_orte_hnp_uri"):
+      monkeypatch.delenv(k)
+  for k, v in environ.items():
+    monkeypatch.setenv(k, v)
+  address, count, index, local = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+      None, None, None, kwargs["local_device_ids"], None, 300)
+  assert (address.split(":")[0], count, index, list(local)) == ("gpu07", 16, 11, devices)
+  # ... and without them it would have kept only [SLURM_LOCALID]: the bug the explicit devices avoid.
+  assert list(clusters.ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, 300)[3]) == [3]
+
+
+def test_launcher_environment_joins_explicitly(recorded_initialize):
+  environ = {"NAG_COORDINATOR_ADDRESS": "10.0.0.1:1234", "NAG_NUM_PROCESSES": "4", "NAG_PROCESS_ID": "2",
+             **SLURM, "CUDA_VISIBLE_DEVICES": "0,1"}
+  assert multihost.initialize(environ=environ) is True
+  kwargs, check = recorded_initialize
+  assert kwargs == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2,
+                    "local_device_ids": [0, 1], "cluster_detection_method": "deactivate",
+                    "initialization_timeout": 300}
+  assert check == {"checked_count": 4}
+
+
+def test_tpu_pod_start_uses_jax_detection(recorded_initialize):
+  assert multihost.initialize(environ={"NAG_DISTRIBUTED": "auto", "NAG_NUM_PROCESSES": "8"}) is True
+  assert recorded_initialize == [{"initialization_timeout": 300}, {"checked_count": 8}]
+
+
 def test_process_count_mismatch_is_one_clear_error():
   multihost.check_process_count(1)
-  with pytest.raises(ValueError, match="process count mismatch: expected 2 processes, but JAX sees 1"):
+  with pytest.raises(ValueError, match="the environment names 2 processes, but JAX joined 1"):
     multihost.check_process_count(2)
 
 
 def test_one_process_holds_and_writes_every_row():
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   assert multihost.process_rows(mesh, 8) == slice(0, 8)
-  options = multihost.data_shard_options(mesh, 8)
-  assert (options.shard_index, options.shard_count) == (0, 1)
   x = jax.device_put(np.arange(8.0), sharding.batch_sharding(mesh))
   [(rows, data)] = multihost.owned_shards(x)
   assert rows.indices(8)[:2] == (0, 8) and np.array_equal(data, np.arange(8.0))

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nag_jax import checks
@@ -35,7 +36,8 @@ def extract_features(fn: Callable[[Any, jax.Array], Any], params: Any,
   """Applies `fn(params, batch)` to all images; returns its output pytree as numpy, (N, ...) leaves.
 
   Every output leaf must have a leading batch axis. `batch_size` is rounded up to a multiple of the
-  device count. Host reading of the next batch overlaps device compute of the current one.
+  device count. Host reading of the next batch overlaps device compute of the current one. In a
+  multi-process run every process reads each batch, computes its devices' rows, and gets every row back.
   """
   checks.check_positive("batch_size", batch_size)
   n = len(images)
@@ -53,6 +55,8 @@ def extract_features(fn: Callable[[Any, jax.Array], Any], params: Any,
 
     def collect(item):
       out, count = item
+      if jax.process_count() > 1:
+        out = multihost_utils.process_allgather(out, tiled=True)
       outputs.append(jax.tree.map(lambda a: np.asarray(a)[:count], out))
       bar.update(count)
 
@@ -61,7 +65,7 @@ def extract_features(fn: Callable[[Any, jax.Array], Any], params: Any,
       if count < batch_size:
         pad = np.zeros((batch_size - count,) + batch.shape[1:], batch.dtype)
         batch = np.concatenate([batch, pad])
-      out = step(params, jax.device_put(batch, sharded))
+      out = step(params, jax.make_array_from_callback(batch.shape, sharded, lambda index, b=batch: b[index]))
       if pending is not None:
         collect(pending)
       pending = (out, count)

@@ -150,9 +150,13 @@ def write_outputs(out_dir: pathlib.Path, levels: np.ndarray, estimates: dict, re
 
 def run(out: str | pathlib.Path, model: str | pathlib.Path, estimator: str | pathlib.Path, data: str,
         **options) -> dict:
-  """Measures (`measure`'s keywords), writes everything into `out` and returns the report."""
+  """Measures (`measure`'s keywords), writes everything into `out` (process 0) and returns the report.
+
+  In a multi-process run every process measures the same (seeded) batches on its own devices.
+  """
   t_values = list(options.get("t_values", (0.7, 0.5, 0.3)))
   levels, estimates, info = measure(model, estimator, data, **options)
   report = {**ns.analyze(levels, estimates, t_values), "run": info}
-  write_outputs(pathlib.Path(out), levels, estimates, report)
+  if jax.process_index() == 0:
+    write_outputs(pathlib.Path(out), levels, estimates, report)
   return report

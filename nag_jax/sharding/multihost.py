@@ -1,53 +1,118 @@
-"""Multi-process runs: `jax.distributed` start-up from config or environment, per-process data and writes.
+"""Multi-process runs: the one start-up of every command, per-process data rows and writes.
 
-Environment (set by the scripts in launch/): NAG_COORDINATOR_ADDRESS (host:port of process 0),
-NAG_NUM_PROCESSES, NAG_PROCESS_ID; or NAG_DISTRIBUTED=auto for JAX's own cluster detection (TPU pods,
-SLURM, Open MPI). Under SLURM with more than one task, auto detection is the default.
+Every command that computes calls `start()` first, before any other JAX call. It reads the environment:
+- NAG_COORDINATOR_ADDRESS (host:port of process 0), NAG_NUM_PROCESSES, NAG_PROCESS_ID, set by
+  launch/local_multiprocess.sh and launch/slurm_gpu.sh (NAG_LOCAL_DEVICE_IDS optionally restricts the devices);
+- NAG_DISTRIBUTED=auto: JAX's own cluster detection (TPU pod slices, Open MPI; launch/tpu_pod.sh sets it);
+- a SLURM job step of several tasks (SLURM_NTASKS > 1): JAX's SLURM detection for the coordinator, process
+  count and id, but the local devices passed explicitly (JAX's default, [SLURM_LOCALID], hides all but one
+  GPU of a one-process-per-node job and fights CUDA_VISIBLE_DEVICES in a one-process-per-GPU job).
+A run whose environment names several processes but that would run alone refuses to start in one line, so
+N processes never become N independent copies racing over one workdir.
 """
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
-import grain
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from nag_jax.sharding.rules import batch_sharding
 from nag_jax.errors import UserError
+from nag_jax.sharding.rules import batch_sharding
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, environ: Mapping[str, str] = os.environ,
-               timeout_s: int = 300) -> bool:
-  """Starts `jax.distributed` (before any other JAX call) when the run spans processes; True if it did.
+def distributed_args(environ: Mapping[str, str] = os.environ) -> dict[str, Any] | None:
+  """The keyword arguments of `jax.distributed.initialize` for this environment, or None for one process.
 
-  Arguments override the NAG_* environment; with neither (and no SLURM job of several tasks) this is a
-  single-process run and nothing happens. CPU collectives use gloo, so CPU-only runs work too.
+  Raises UserError for an environment that names several processes but no way to join them.
   """
-  address = coordinator_address or environ.get("NAG_COORDINATOR_ADDRESS") or None
-  count = _int_or_none("num_processes", num_processes, environ.get("NAG_NUM_PROCESSES"))
-  index = _int_or_none("process_id", process_id, environ.get("NAG_PROCESS_ID"))
-  auto = environ.get("NAG_DISTRIBUTED") == "auto" or int(environ.get("SLURM_NTASKS", "1")) > 1
-  if address is None and not auto:
-    if count not in (None, 1):
-      raise UserError(f"{count} processes need a coordinator address (NAG_COORDINATOR_ADDRESS=host:port), "
-                       "or NAG_DISTRIBUTED=auto on a TPU pod or SLURM job")
-    return False
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if address is None:
-    jax.distributed.initialize(num_processes=count, process_id=index, initialization_timeout=timeout_s)
-  else:
+  address = environ.get("NAG_COORDINATOR_ADDRESS") or None
+  count = _int_or_none("NAG_NUM_PROCESSES", environ.get("NAG_NUM_PROCESSES"))
+  index = _int_or_none("NAG_PROCESS_ID", environ.get("NAG_PROCESS_ID"))
+  mode = environ.get("NAG_DISTRIBUTED", "")
+  if mode not in ("", "auto", "off"):
+    raise UserError(f"NAG_DISTRIBUTED must be auto or off, got {mode!r}")
+  local = _local_device_ids(environ)
+  if address is not None:
     _check_explicit(address, count, index)
-    jax.distributed.initialize(address, count, index, initialization_timeout=timeout_s)
-  if count is not None:
-    check_process_count(count)
+    return {"coordinator_address": address, "num_processes": count, "process_id": index,
+            "local_device_ids": local, "cluster_detection_method": "deactivate"}
+  slurm_tasks = _int_or_none("SLURM_NTASKS", environ.get("SLURM_NTASKS")) or 1
+  if mode == "off":
+    if (count or 1) > 1 or slurm_tasks > 1:
+      raise UserError(f"NAG_DISTRIBUTED=off, but the environment names {max(count or 1, slurm_tasks)} processes; "
+                      "unset it to join them, or run one process")
+    return None
+  if slurm_tasks > 1 and "SLURM_PROCID" in environ:
+    if local is None and environ.get("JAX_PLATFORMS", "") != "cpu":
+      raise UserError("under SLURM, say which GPUs this process drives: set CUDA_VISIBLE_DEVICES (srun "
+                      "--gpus-per-task or launch/slurm_gpu.sh do) or NAG_LOCAL_DEVICE_IDS=0,1,...")
+    return {"local_device_ids": local}  # JAX's SLURM detection fills address, count and id
+  if mode == "auto":
+    return {"local_device_ids": local} if local is not None else {}
+  if count not in (None, 1):
+    raise UserError(f"NAG_NUM_PROCESSES={count} but no coordinator: set NAG_COORDINATOR_ADDRESS=host:port "
+                    "(the launchers in launch/ do), or NAG_DISTRIBUTED=auto on a TPU pod slice")
+  return None
+
+
+def _local_device_ids(environ: Mapping[str, str]) -> list[int] | None:
+  """The devices this process drives, as ordinals of the ones it sees: NAG_LOCAL_DEVICE_IDS, else all of
+  CUDA_VISIBLE_DEVICES (or SLURM_GPUS_ON_NODE under SLURM), else None (JAX's choice)."""
+  explicit = environ.get("NAG_LOCAL_DEVICE_IDS", "").strip()
+  if explicit:
+    try:
+      return [int(v) for v in explicit.split(",")]
+    except ValueError:
+      raise UserError(f"NAG_LOCAL_DEVICE_IDS must be comma-separated device ordinals, got {explicit!r}") from None
+  visible = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+  if visible:
+    return list(range(len(visible.split(","))))
+  gpus = environ.get("SLURM_GPUS_ON_NODE", "").strip()
+  if gpus.isdigit() and "SLURM_PROCID" in environ:
+    return list(range(int(gpus)))
+  return None
+
+
+def initialize(environ: Mapping[str, str] = os.environ, *, timeout_s: int = 300) -> bool:
+  """Starts `jax.distributed` (before any other JAX call) when the environment spans processes; True if it did.
+
+  Then checks that JAX sees the number of processes the environment names, and refuses in one line if not.
+  CPU collectives use gloo, so CPU-only runs work too.
+  """
+  args = distributed_args(environ)
+  if args is None:
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**args, initialization_timeout=timeout_s)
+  expected = args.get("num_processes") or _int_or_none("NAG_NUM_PROCESSES", environ.get("NAG_NUM_PROCESSES"))
+  if expected is None and "SLURM_PROCID" in environ:
+    expected = _int_or_none("SLURM_NTASKS", environ.get("SLURM_NTASKS"))
+  if expected is not None:
+    check_process_count(expected)
+  elif jax.process_count() == 1 and len(environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    raise UserError(f"this TPU slice has workers {environ['TPU_WORKER_HOSTNAMES']}, but JAX joined none of the "
+                    "others: run the command on every worker at once (launch/tpu_pod.sh does)")
   return True
 
 
-def _int_or_none(name: str, value: int | None, env_value: str | None) -> int | None:
-  raw = value if value is not None else env_value
+def start(environ: Mapping[str, str] = os.environ) -> None:
+  """The start-up of every command that computes, before any other JAX call: joins the processes the
+  environment names (`initialize`) and makes random numbers independent of how arrays are sharded."""
+  initialize(environ)
+  jax.config.update("jax_threefry_partitionable", True)
+
+
+def is_primary() -> bool:
+  """True on process 0: the one that writes logs, summaries, config.json and reports."""
+  return jax.process_index() == 0
+
+
+def _int_or_none(name: str, raw: Any) -> int | None:
   if raw in (None, ""):
     return None
   try:
@@ -60,20 +125,18 @@ def _check_explicit(address: str, count: int | None, index: int | None) -> None:
   """One clear error for an incomplete or inconsistent explicit set-up."""
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit():
-    raise UserError(f"coordinator address must be host:port, got {address!r}")
+    raise UserError(f"NAG_COORDINATOR_ADDRESS must be host:port, got {address!r}")
   if count is None or index is None:
-    raise UserError("a coordinator address needs num_processes and process_id too "
-                     "(NAG_NUM_PROCESSES, NAG_PROCESS_ID)")
+    raise UserError("NAG_COORDINATOR_ADDRESS needs NAG_NUM_PROCESSES and NAG_PROCESS_ID too")
   if count < 1 or not 0 <= index < count:
-    raise UserError(f"process_id must be in [0, num_processes), got process_id={index}, "
-                     f"num_processes={count}")
+    raise UserError(f"NAG_PROCESS_ID must be in [0, NAG_NUM_PROCESSES), got {index} of {count}")
 
 
 def check_process_count(expected: int) -> None:
   """Raises when the run has another number of processes than the config or launcher asked for."""
   if jax.process_count() != expected:
-    raise UserError(f"process count mismatch: expected {expected} processes, but JAX sees "
-                     f"{jax.process_count()} (check the launcher's process count and the coordinator)")
+    raise UserError(f"the environment names {expected} processes, but JAX joined {jax.process_count()} "
+                    "(check the launcher's process count and the coordinator)")
 
 
 def process_rows(mesh: Mesh, global_batch: int) -> slice:
@@ -85,14 +148,6 @@ def process_rows(mesh: Mesh, global_batch: int) -> slice:
     raise UserError(f"the batch rows of process {jax.process_index()} are not contiguous ({blocks}); "
                      "order the mesh so that each process holds one block of the data axes")
   return slice(start, stop)
-
-
-def data_shard_options(mesh: Mesh, global_batch: int) -> grain.sharding.ShardOptions:
-  """grain shard of this process: processes that hold the same batch rows (tensor axis) read the same."""
-  rows = process_rows(mesh, global_batch)
-  size = rows.stop - rows.start
-  return grain.sharding.ShardOptions(shard_index=rows.start // size, shard_count=global_batch // size,
-                                     drop_remainder=True)
 
 
 def row_blocks(mesh: Mesh, global_batch: int) -> list[int]:

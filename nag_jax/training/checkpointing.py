@@ -1,8 +1,10 @@
-"""Orbax training checkpoints: the TrainState (EMA included) and the grain iterator, saved together.
+"""Orbax training checkpoints of the TrainState (EMA included).
 
-Orbax writes each step into a temporary folder and renames it into place once complete, so a save cut
-short by `kill -9` is never listed; leftovers are deleted when the manager is created. Restores go
-straight into the current mesh's shardings.
+Orbax writes each step into a temporary folder and renames it into place once complete (on object stores,
+which cannot rename, it writes a commit marker last), so a save cut short by `kill -9` is never listed;
+leftovers are deleted when the manager is created. In a multi-process run every process calls save and
+restore and Orbax writes each array shard once. Restores go straight into the current mesh's shardings.
+The data iterator is not saved: its stream is a function of the seed and the step (`nag_jax.data.pipeline`).
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import json
 import pathlib
 from typing import Any
 
-import grain
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -75,18 +76,16 @@ def create_manager(directory: str | pathlib.Path, *, every_steps: int, keep: int
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every_steps, max_to_keep=keep, create=True, cleanup_tmp_directories=True,
       enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("state", "data"),
-                               options=options)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("state",), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator, *, force: bool = False) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
   """Starts saving (in the background when async) if the step is due or `force`; True if it started."""
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator) -> Any | None:
-  """The latest complete checkpoint restored into `abstract_state`'s shardings (and the iterator), or None.
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any | None:
+  """The latest complete checkpoint restored into `abstract_state`'s shardings, or None.
 
   A checkpoint that exists but cannot be read raises CheckpointError naming its folder.
   """
@@ -94,8 +93,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   if step is None:
     return None
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   except Exception as e:  # orbax and grain raise many types for missing, truncated or foreign files
     raise CheckpointError(f"cannot restore training checkpoint step {step} from {manager.directory / str(step)} "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); move the "

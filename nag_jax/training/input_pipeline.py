@@ -38,14 +38,19 @@ def check_source(source, model_config) -> None:
     raise UserError(f"the data has {source.num_classes} classes but the model only {model_config.num_classes}")
 
 
-def create_iterator(config: ml_collections.ConfigDict, source, mesh: Mesh):
-  """This process's checkpointable iterator of its rows of each global batch (order set by the seed)."""
+def create_iterator(config: ml_collections.ConfigDict, source, mesh: Mesh, start_step: int = 0):
+  """This process's iterator of its rows of each global batch, from the batch of step `start_step + 1` on.
+
+  The global batches depend on the seed alone (`data.make_train_iterator`), so a resume, on any number of
+  processes, restarts the stream at its step instead of restoring a per-process iterator state.
+  """
   data_config = config.data
   return data.make_train_iterator(source, global_batch_size=config.global_batch_size, seed=config.seed,
                                   shuffle=data_config.shuffle, flip=data_config.flip,
                                   worker_count=data_config.worker_count,
                                   read_options=data.read_options(data_config.read_threads),
-                                  shard_options=multihost.data_shard_options(mesh, config.global_batch_size))
+                                  rows=multihost.process_rows(mesh, config.global_batch_size),
+                                  start_batch=start_step)
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:

@@ -12,12 +12,13 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.vae_convert import load_vae
 from nag_jax.errors import NonFiniteError
 from nag_jax.sharding import make_mesh
-from nag_jax.training import checkpointing, config_validation, init_state, input_pipeline, samples
+from nag_jax.training import checkpointing, config_validation, init_state, input_pipeline, run_control, samples
 from nag_jax.training.objectives import create_objective
 from nag_jax.training.train_state import TrainState
 from nag_jax.training.train_step import jit_train_step
@@ -49,8 +50,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
           progress: Callable[[int], Any] | None = None, validated: bool = False) -> TrainState:
   """Trains per `config` in `workdir` (checkpoints/, model/ export of the EMA or g_phi) and returns the state.
 
-  Resumes from the latest complete checkpoint in `workdir/checkpoints` (state and data order), so a run
-  killed at any moment continues exactly. `writer` is a clu `MetricWriter` (scalars, sample grids);
+  Resumes from the latest complete checkpoint in `workdir/checkpoints` (the data stream restarts at its
+  step), so a run killed at any moment continues exactly, on any number of processes. After a SIGTERM it
+  saves and raises `run_control.Preempted`. `writer` is a clu `MetricWriter` (scalars, sample grids);
   `progress(step)` is called after every step. `validated` says the caller has run
   `config_validation.validate` already (it reads the init_from and VAE folders: once is enough).
   """
@@ -61,15 +63,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
   source = input_pipeline.create_source(config.data)
   model_config = config_validation.model_config_of(config, source.num_classes)
   input_pipeline.check_source(source, model_config)
-  data_iter = input_pipeline.create_iterator(config, source, mesh)
   initialize, abstract_state, schedule = init_state.state_initializer(config, model_config, mesh)
   ck = config.checkpoint
   manager = checkpointing.create_manager(workdir / checkpointing.CHECKPOINT_DIR, every_steps=ck.every_steps,
                                          keep=ck.keep, async_save=ck.async_save)
   checkpointing.check_run_config(workdir, config, write=jax.process_index() == 0)
-  state = checkpointing.restore_latest(manager, abstract_state, data_iter)
+  state = checkpointing.restore_latest(manager, abstract_state)
   state = initialize() if state is None else state
   start = int(state.step)
+  data_iter = input_pipeline.create_iterator(config, source, mesh, start_step=start)
   logging.info("%s %s: step %d of %d; %s", config.mode, model_config, start, config.num_train_steps, source)
 
   objective = create_objective(model_config, config.objective, noise_level=config.mode == "noise_estimator")
@@ -83,24 +85,33 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
                                             jax.tree.map(lambda s: s.sharding, abstract_state.params),
                                             config.objective.pseudo_level, config.seed, vae)
   pending: list[tuple[int, dict]] = []
+  digests = run_control.DigestLog(epath.Path(workdir), start, config.log_batch_digests)
+  preemption = run_control.Preemption(manager)
   try:
     for step in range(start + 1, config.num_train_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step), jax.set_mesh(mesh):
-        state, metrics = step_fn(state, input_pipeline.global_batch(next(data_iter), mesh))
+        batch = input_pipeline.global_batch(next(data_iter), mesh)
+        digests.add(step, batch)
+        state, metrics = step_fn(state, batch)
       pending.append((step, metrics))
       if progress is not None:
         progress(step)
       last = step == config.num_train_steps
-      save = step % ck.every_steps == 0 or last or manager.reached_preemption(step)
+      preempted = preemption.reached(step)
+      save = step % ck.every_steps == 0 or last or preempted
       if save or step % config.log_every_steps == 0:
         flush_metrics(writer, pending)  # raises on a non-finite loss before anything is saved
+        digests.flush()
         pending = []
       if save:
-        checkpointing.save(manager, step, state, data_iter, force=True)
+        checkpointing.save(manager, step, state, force=True)
+      if preempted and not last:
+        raise run_control.Preempted(step)
       if sample_fn is not None and (step % config.sample.every_steps == 0 or last):
         grid = sample_fn(state.eval_params)
         writer.write_images(step, {"samples/top_plain_bottom_nag": grid[None]})
   finally:
+    preemption.close()
     manager.wait_until_finished()  # an in-flight save of a checked state completes even on an error
   model_dir.save(workdir / EXPORT_DIR, state.eval_params, model_config.replace(remat=False), overwrite=True,
                  source=f"{config.mode} {workdir} step {int(state.step)} "

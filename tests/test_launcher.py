@@ -1,0 +1,186 @@
+"""Multi-process training as users run it: `nag_jax.main` through `launch/local_multiprocess.sh`.
+
+Two processes of two CPU devices each against one process of four devices: every step's global batch
+(digest) is the same, the exported EMA the same to float32 rounding, and the workdir has one events file
+and one config.json. A SIGKILL of process 0 (the coordinator) or of process 1 stops both, with no process
+left behind, and the relaunch resumes to the same result; a SIGTERM to the launcher makes both save at one
+step and stop with code 75, and the relaunch finishes the run.
+"""
+import fcntl
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nag_jax import checkpoints
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCHER = REPO / "launch" / "local_multiprocess.sh"
+STEPS = 24
+TRAIN = ["-m", "nag_jax.main", "--config", "configs/tiny_digits.py", f"--config.num_train_steps={STEPS}",
+         "--config.checkpoint.every_steps=6", "--config.log_every_steps=2", "--config.sample.every_steps=0",
+         "--config.log_batch_digests=True", "--config.checkpoint.async_save=False"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def single(workdir: pathlib.Path) -> subprocess.CompletedProcess:
+  """One process of four CPU devices, without the launcher."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  return subprocess.run([sys.executable, *TRAIN, f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+
+
+def launch(workdir: pathlib.Path) -> subprocess.Popen:
+  """Two processes of two CPU devices each, through the launcher (process 0's output to workdir.log)."""
+  env = {**os.environ, "NUM_PROCESSES": "2", "DEVICES": "cpu:2", "LOG_DIR": f"{workdir}.logs",
+         "PORT": str(_free_port())}
+  log = open(f"{workdir}.log", "a", encoding="utf-8")  # pylint: disable=consider-using-with
+  return subprocess.Popen(["bash", str(LAUNCHER), sys.executable, *TRAIN, f"--workdir={workdir}"], cwd=REPO,
+                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def logs(workdir: pathlib.Path) -> str:
+  parts = [pathlib.Path(f"{workdir}.log")] + sorted(pathlib.Path(f"{workdir}.logs").glob("*.log"))
+  return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in parts if p.exists())
+
+
+def children(launcher: subprocess.Popen) -> dict[int, int]:
+  """{NAG_PROCESS_ID: pid} of the launcher's processes."""
+  out = {}
+  for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True,
+                            check=False).stdout.split():
+    try:
+      environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+      continue
+    for item in environ:
+      if item.startswith(b"NAG_PROCESS_ID="):
+        out[int(item.split(b"=")[1])] = int(pid)
+  return out
+
+
+def alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return pathlib.Path(f"/proc/{pid}/stat").exists() and " Z " not in pathlib.Path(f"/proc/{pid}/stat").read_text()
+
+
+def wait_for_checkpoint(workdir: pathlib.Path, launcher: subprocess.Popen, timeout: float = 300) -> None:
+  deadline = time.monotonic() + timeout
+  while not (workdir / "checkpoints" / "6").is_dir():
+    assert launcher.poll() is None, logs(workdir)
+    assert time.monotonic() < deadline, logs(workdir)
+    time.sleep(0.2)
+
+
+def finish(launcher: subprocess.Popen, workdir: pathlib.Path) -> int:
+  try:
+    return launcher.wait(timeout=600)
+  except subprocess.TimeoutExpired:
+    os.killpg(launcher.pid, signal.SIGKILL)
+    raise AssertionError(logs(workdir))
+
+
+def digests(workdir: pathlib.Path) -> list[str]:
+  return (workdir / "batch_digests.txt").read_text().splitlines()
+
+
+def exported(workdir: pathlib.Path) -> dict:
+  _, params, _ = checkpoints.load(workdir / "model")
+  import jax  # pylint: disable=import-outside-toplevel
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+  """The one-process run (once per session, also under xdist)."""
+  xdist = os.environ.get("PYTEST_XDIST_WORKER")
+  root = (tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()) / "launcher"
+  root.mkdir(exist_ok=True)
+  with open(root / "lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / "one" / "model").is_dir():
+      out = single(root / "one")
+      assert out.returncode == 0, out.stderr[-3000:]
+  return {"digests": digests(root / "one"), "params": exported(root / "one")}
+
+
+def assert_like_the_reference(workdir: pathlib.Path, reference: dict) -> None:
+  assert digests(workdir) == reference["digests"] and len(reference["digests"]) == STEPS
+  two = exported(workdir)
+  assert two.keys() == reference["params"].keys()
+  diff = max(float(np.abs(two[k] - reference["params"][k]).max()) for k in two)
+  scale = max(float(np.abs(v).max()) for v in two.values())
+  print(f"exported EMA, two processes vs one: max abs diff {diff:.2e} (max |param| {scale:.2f})")
+  assert diff <= 1e-5 * scale
+
+
+def test_two_processes_train_like_one(reference, tmp_path):
+  work = tmp_path / "two"
+  assert finish(launch(work), work) == 0, logs(work)
+  assert_like_the_reference(work, reference)
+  names = sorted(p.name for p in work.iterdir())
+  assert [n for n in names if n.startswith("events.out.tfevents")].__len__() == 1, names
+  assert sorted(n for n in names if not n.startswith("events.out")) == [
+      "batch_digests.txt", "checkpoints", "config.json", "model"]
+  assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["12", "18", "24"]  # keep=3
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_killed_process_stops_both_and_the_relaunch_resumes(reference, tmp_path, victim):
+  work = tmp_path / f"kill{victim}"
+  launcher = launch(work)
+  wait_for_checkpoint(work, launcher)
+  pids = children(launcher)
+  assert sorted(pids) == [0, 1], logs(work)
+  os.kill(pids[victim], signal.SIGKILL)
+  code = finish(launcher, work)
+  assert code == 128 + signal.SIGKILL, logs(work)
+  assert not any(alive(pid) for pid in pids.values())  # none left behind
+  assert len(digests(work)) < STEPS  # it stopped before the end
+  assert finish(launch(work), work) == 0, logs(work)
+  assert_like_the_reference(work, reference)
+
+
+def test_sigterm_saves_on_both_and_the_relaunch_finishes(reference, tmp_path):
+  work = tmp_path / "term"
+  launcher = launch(work)
+  wait_for_checkpoint(work, launcher)
+  os.kill(launcher.pid, signal.SIGTERM)
+  assert finish(launcher, work) == 75, logs(work)
+  log = logs(work)
+  assert "preempted (SIGTERM): saved a checkpoint at step" in log
+  saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved[-1] < STEPS and not (work / "model").exists()
+  assert finish(launch(work), work) == 0, logs(work)
+  assert_like_the_reference(work, reference)
+
+
+def test_sigterm_alone_saves_and_the_rerun_finishes(reference, tmp_path):
+  """One process (no JAX preemption service): the command's own SIGTERM handler saves and stops."""
+  work = tmp_path / "alone"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  with open(tmp_path / "alone.log", "w", encoding="utf-8") as log:
+    proc = subprocess.Popen([sys.executable, *TRAIN, f"--workdir={work}"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+  wait_for_checkpoint(work, proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=300) == 75
+  assert "stopped: preempted (SIGTERM): saved a checkpoint at step" in (tmp_path / "alone.log").read_text()
+  assert not (work / "model").exists()
+  out = single(work)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert_like_the_reference(work, reference)
