@@ -1,8 +1,11 @@
-"""Shared test set-up: float32 'highest' matmuls and the committed official fixtures (tests/fixtures)."""
+"""Shared test set-up: CPU only, float32 'highest' matmuls, the committed official fixtures (tests/fixtures)."""
+import os
 import pathlib
 
-import jax
-import pytest
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # with libtpu installed (the tpu extra), JAX would probe for a TPU
+
+import jax  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -89,7 +89,7 @@ def wait_for_checkpoint(workdir: pathlib.Path, launcher: subprocess.Popen, timeo
   while not list(workdir.glob(marker)):
     assert launcher.poll() is None, logs(workdir)
     assert time.monotonic() < deadline, logs(workdir)
-    time.sleep(0.2)
+    time.sleep(0.02)
 
 
 def finish(launcher: subprocess.Popen, workdir: pathlib.Path) -> int:
@@ -232,3 +232,59 @@ def test_two_processes_sample_like_one_and_a_killed_run_resumes(tiny_model, tmp_
   # Each row written once, by the one device that holds it: 6 batches x 4 devices of 1 row, over 2 processes.
   starts = sorted(int(p.name.split("_row")[1][:8]) for p in (out / "parts").glob("batch*_row*.npz"))
   assert starts == list(range(24))
+
+
+@pytest.fixture(scope="module")
+def images_and_vae(tmp_path_factory):
+  """192 images in 3 class folders and a tiny VAE."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from nag_jax.checkpoints.vae_convert import save_vae  # pylint: disable=import-outside-toplevel
+  from nag_jax.models.vae import AutoencoderKL, VAEConfig, dummy_images  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("extract")
+  config = VAEConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+                     down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+  params = jax.jit(AutoencoderKL(config).init)(jax.random.key(0), dummy_images(config))["params"]
+  save_vae(root / "vae", params, config)
+  rng = np.random.default_rng(0)
+  for i in range(192):
+    folder = root / "imgs" / f"class{i % 3}"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(folder / f"{i}.png")
+  return root
+
+
+def extract_args(root: pathlib.Path, dst: pathlib.Path, batch: int) -> list[str]:
+  return ["-m", "nag_jax.extract_latents", "--src", str(root / "imgs"), "--vae", str(root / "vae"), "--dst",
+          str(dst), "--image-size", "16", "--batch-size", str(batch), "--records-per-shard", "8", "--seed", "3"]
+
+
+def records(folder: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  from nag_jax import data  # pylint: disable=import-outside-toplevel
+  source = data.LatentSource(folder)
+  return np.stack([source[i]["x"] for i in range(len(source))]), np.array([source[i]["y"] for i in range(len(source))])
+
+
+def test_extract_latents_on_two_processes_killed_and_resumed_equals_one(images_and_vae, tmp_path):
+  root = images_and_vae
+  one = single(tmp_path / "one", extract_args(root, tmp_path / "one", batch=8))
+  assert one.returncode == 0, one.stderr[-3000:]
+  ref, ref_labels = records(tmp_path / "one")
+  assert ref.shape == (192, 2, 8, 8, 4) and ref.std() > 0.01
+
+  out = tmp_path / "two"
+  staging = tmp_path / ".two.partial"
+  launcher = launch(out, extract_args(root, out, batch=4))  # another batch size and device count too
+  wait_for_checkpoint(tmp_path, launcher, marker=".two.partial/latents-00000.array_record")
+  os.kill(children(launcher)[1], signal.SIGKILL)
+  assert finish(launcher, out) == 128 + signal.SIGKILL, logs(out)
+  kept = {p.name: p.stat().st_mtime_ns for p in staging.glob("latents-*.array_record")}
+  assert 0 < len(kept) < 24 and not out.exists()
+  assert finish(launch(out, extract_args(root, out, batch=4)), out) == 0, logs(out)
+  assert not staging.exists()
+  two, two_labels = records(out)
+  np.testing.assert_array_equal(two_labels, ref_labels)
+  diff = float(np.abs(two - ref).max())
+  print(f"latents, two processes (killed and resumed, batch 4) vs one (batch 8): max abs diff {diff:.2e}; "
+        f"{len(kept)} of 24 shards kept")
+  assert diff <= 1e-5

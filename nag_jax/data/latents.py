@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from array_record.python import array_record_module
 from flax import serialization
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -23,7 +24,7 @@ from nag_jax.errors import PathError, UserError
 META_FILE = "meta.json"
 SHARD_PATTERN = "latents-{:05d}.array_record"
 
-EncodeFn = Callable[[np.ndarray, jax.Array], Any]
+EncodeFn = Callable[[np.ndarray, jax.Array], Any]  # (uint8 NHWC images, one key per image) -> latents
 
 
 def serialize_record(latent: np.ndarray, label: int) -> bytes:
@@ -65,22 +66,31 @@ class LatentSource:
   def __repr__(self) -> str:
     return f"LatentSource(directory={str(self.directory)!r}, n={len(self)})"
 
-
-def _batches(source, batch_size: int, num_threads: int):
-  """Yields the source in order as batches of stacked records, decoded by `num_threads` threads."""
-  ds = grain.MapDataset.source(source).batch(batch_size)
-  return ds.to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
+  @staticmethod
+  def read_record(shard: str | os.PathLike, index: int) -> dict[str, np.ndarray]:
+    """Record `index` of one shard file (before meta.json exists)."""
+    return parse_record(grain.sources.ArrayRecordDataSource([str(shard)])[index])
 
 
-def write_latents(source, encode_fn: EncodeFn, directory: str | os.PathLike, *, key: jax.Array,
-                  batch_size: int = 64, records_per_shard: int = 100_000, num_threads: int = 8,
-                  metadata: dict[str, Any] | None = None) -> pathlib.Path:
-  """Encodes every image of an image source and its horizontal flip, and writes array_record shards.
+def num_shards(num_records: int, records_per_shard: int) -> int:
+  return -(-num_records // records_per_shard)
 
-  `encode_fn(images_uint8_nhwc, key) -> latents_nhwc` is called on 2·batch_size images (the batch then
-  its flips; the last batch is padded so the shape never changes) with `fold_in(key, batch_index)`.
-  `metadata` is stored in meta.json beside the counts. Returns the folder.
+
+def shard_path(directory: pathlib.Path, shard: int) -> pathlib.Path:
+  return directory / SHARD_PATTERN.format(shard)
+
+
+def write_shards(source, encode_fn: EncodeFn, directory: str | os.PathLike, shards: Sequence[int], *,
+                 key: jax.Array, batch_size: int = 64, records_per_shard: int = 100_000, num_threads: int = 8,
+                 progress: bool = True) -> list[int]:
+  """Encodes records [s·R, (s+1)·R) of an image source, and their horizontal flips, into shard file s.
+
+  `encode_fn(images_uint8_nhwc, keys) -> latents_nhwc` gets 2·batch_size images (the batch, then its flips;
+  the last batch padded so the shape never changes) and one key per image: record i is drawn with
+  fold_in(fold_in(key, i), 0) and its flip with fold_in(fold_in(key, i), 1), so a record's latents do not
+  depend on the batch, shard or process that encodes it. A shard file that exists is complete (each is
+  written under a temporary name and renamed), so it is skipped: a killed run resumes where it stopped.
+  Returns the shards written now.
   """
   if getattr(source, "kind", None) != "image":
     raise UserError(f"write_latents needs an image source, got {source!r}")
@@ -88,32 +98,60 @@ def write_latents(source, encode_fn: EncodeFn, directory: str | os.PathLike, *, 
     raise UserError(f"batch_size and records_per_shard must be positive, got {batch_size}, "
                      f"{records_per_shard}")
   directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  writer, num_written, latent_shape = None, 0, None
-  progress = tqdm.tqdm(total=len(source), desc="encoding latents", unit="img")
-  for batch_index, batch in enumerate(_batches(source, batch_size, num_threads)):
-    images, labels = np.asarray(batch["x"]), batch["y"]
-    n = len(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-      raise UserError(f"expected uint8 NHWC images, got {images.dtype} {images.shape}")
-    images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
-    both = np.concatenate([images, images[:, :, ::-1]])
-    latents = np.asarray(encode_fn(both, jax.random.fold_in(key, batch_index)), np.float32)
-    pairs = np.stack([latents[:n], latents[batch_size:batch_size + n]], axis=1)
-    latent_shape = list(pairs.shape[2:])
-    for pair, label in zip(pairs, labels):
-      if num_written % records_per_shard == 0:
-        if writer is not None:
-          writer.close()
-        path = directory / SHARD_PATTERN.format(num_written // records_per_shard)
-        writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
-      writer.write(serialize_record(pair, label))
-      num_written += 1
-    progress.update(n)
-  progress.close()
-  writer.close()
-  meta = {"num_records": num_written, "num_shards": -(-num_written // records_per_shard),
-          "latent_shape": latent_shape, "num_classes": source.num_classes, "source": repr(source),
+  todo = [s for s in shards if not shard_path(directory, s).exists()]
+  total = sum(min(len(source), (s + 1) * records_per_shard) - s * records_per_shard for s in todo)
+  bar = tqdm.tqdm(total=total, desc="encoding latents", unit="img", disable=not progress)
+  per_image = jax.jit(jax.vmap(lambda i: jnp.stack([jax.random.fold_in(jax.random.fold_in(key, i), f)
+                                                    for f in (0, 1)])))
+  for shard in todo:
+    lo, hi = shard * records_per_shard, min(len(source), (shard + 1) * records_per_shard)
+    final = shard_path(directory, shard)
+    tmp = final.with_name(final.name + ".tmp")
+    writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
+    for start, batch in _batches(source, lo, hi, batch_size, num_threads):
+      images, labels = np.asarray(batch["x"]), batch["y"]
+      n = len(images)
+      if images.dtype != np.uint8 or images.ndim != 4:
+        raise UserError(f"expected uint8 NHWC images, got {images.dtype} {images.shape}")
+      pad = batch_size - n
+      images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+      keys = per_image(np.arange(start, start + batch_size, dtype=np.uint32))  # (B, 2): plain, flip
+      both = np.concatenate([images, images[:, :, ::-1]])
+      latents = np.asarray(encode_fn(both, jnp.concatenate([keys[:, 0], keys[:, 1]])), np.float32)
+      for pair, label in zip(np.stack([latents[:n], latents[batch_size:batch_size + n]], axis=1), labels):
+        writer.write(serialize_record(pair, label))
+      bar.update(n)
+    writer.close()
+    tmp.rename(final)
+  bar.close()
+  return todo
+
+
+def write_meta(directory: str | os.PathLike, source, records_per_shard: int, latent_shape: Sequence[int],
+               metadata: dict[str, Any] | None = None) -> None:
+  """meta.json of a latents folder whose shards are all written: counts, shape, classes, `metadata`."""
+  meta = {"num_records": len(source), "num_shards": num_shards(len(source), records_per_shard),
+          "latent_shape": list(latent_shape), "num_classes": source.num_classes, "source": repr(source),
           **(metadata or {})}
-  (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+  (pathlib.Path(directory) / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def _batches(source, lo: int, hi: int, batch_size: int, num_threads: int):
+  """Yields (first index, batch) of records [lo, hi) in order, decoded by `num_threads` threads."""
+  ds = grain.MapDataset.source(source)[lo:hi].batch(batch_size)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
+  for k, batch in enumerate(it):
+    yield lo + k * batch_size, batch
+
+
+def write_latents(source, encode_fn: EncodeFn, directory: str | os.PathLike, *, key: jax.Array,
+                  batch_size: int = 64, records_per_shard: int = 100_000, num_threads: int = 8,
+                  metadata: dict[str, Any] | None = None) -> pathlib.Path:
+  """Every shard of `write_shards` (one process) and meta.json. Returns the folder."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  write_shards(source, encode_fn, directory, range(num_shards(len(source), records_per_shard)), key=key,
+               batch_size=batch_size, records_per_shard=records_per_shard, num_threads=num_threads)
+  latent_shape = LatentSource.read_record(shard_path(directory, 0), 0)["x"].shape[1:]
+  write_meta(directory, source, records_per_shard, latent_shape, metadata)
   return directory

@@ -102,8 +102,16 @@ class DiagonalGaussian:
     return jnp.exp(0.5 * self.logvar)
 
   def sample(self, key: jax.Array) -> jax.Array:
-    """mean + std * N(0, 1): the `latent_dist.sample()` of the official training script."""
-    return self.mean + self.std * jax.random.normal(key, self.mean.shape, self.mean.dtype)
+    """mean + std * N(0, 1): the `latent_dist.sample()` of the official training script.
+
+    `key` is one key for the whole batch, or one key per row (shape (B,)): then row i's draw depends on its
+    key alone, not on the batch it was encoded in.
+    """
+    if jnp.ndim(key) == 0:
+      noise = jax.random.normal(key, self.mean.shape, self.mean.dtype)
+    else:
+      noise = jax.vmap(lambda k: jax.random.normal(k, self.mean.shape[1:], self.mean.dtype))(key)
+    return self.mean + self.std * noise
 
   def mode(self) -> jax.Array:
     """The deterministic latent (the mean)."""

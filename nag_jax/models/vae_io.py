@@ -47,6 +47,7 @@ def encode(module: AutoencoderKL, params: dict, images: jax.Array, key: jax.Arra
 
   uint8 images are mapped to [-1, 1] by `uint8_to_pixels`; float images
   must already be in [-1, 1]. `mode=True` takes the posterior mean instead of a sample (no key needed).
+  `key`: one for the batch, or one per image (shape (B,)), see `DiagonalGaussian.sample`.
   """
   if key is None and not mode:
     raise UserError("encode needs a key to sample the posterior (or mode=True)")
