@@ -1,7 +1,12 @@
 """FID, Inception Score, precision and recall of a sample batch, as ADM's evaluator reports them.
 
   python -m nag_jax.evaluate --samples S.npz --reference VIRTUAL_imagenet256_labeled.npz \
-      --inception pt_inception-2015-12-05-6726825d.pth [--resize pytorch_fid|tf1] [--out m.json [--overwrite]]
+      --inception pt_inception-2015-12-05-6726825d.pth [--resize tf1|pytorch_fid] [--out m.json [--overwrite]]
+
+Resizing: against an ADM reference batch (it holds `mu_s`/`sigma_s` beside `mu`/`sigma`) the default is ADM's
+TF1 resizing (`tf1`), so the FID is comparable with published numbers; pytorch-fid's resizing there is refused
+unless the reference statistics are recomputed with it (--recompute-reference-stats). Against anything else
+(self-made references, pytorch-fid statistics) the default is `pytorch_fid`. The report names the choice.
 
 FID uses the reference file's `mu`/`sigma` (or, with --recompute-reference-stats, statistics of its
 images through this network, and then the file needs no mu/sigma); precision/recall need reference
@@ -30,8 +35,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--reference", required=True,
                  help="ADM reference .npz (mu, sigma, optional arr_0) or image folder")
   p.add_argument("--inception", required=True, help="pytorch-fid pt_inception-2015-12-05-*.pth")
-  p.add_argument("--resize", choices=RESIZE_MODES, default="pytorch_fid",
-                 help="resize/normalisation before Inception (tf1 = legacy TF graph alignment)")
+  p.add_argument("--resize", choices=RESIZE_MODES, default=None,
+                 help="resize/normalisation before Inception (tf1 = ADM's legacy TF graph alignment); default: tf1 "
+                      "against an ADM reference batch, else pytorch_fid")
   p.add_argument("--batch-size", type=int, default=200, help="global batch, split over devices")
   p.add_argument("--recompute-reference-stats", action="store_true",
                  help="ignore the file's mu/sigma; compute them from its images with this network")
@@ -66,6 +72,7 @@ def _open_inputs(args: argparse.Namespace):
     reference = sample_io.Reference(None, None, sample_io.open_images(args.reference))
   else:
     reference = sample_io.open_reference(args.reference)
+  args.resize, args.resize_reason = choose_resize(args.resize, reference, args.recompute_reference_stats)
   model, variables = _load_inception(args.inception, args.resize)
   pool_dim = variables["params"]["fc"]["kernel"].shape[0]
   if reference.mu is not None and reference.mu.shape[0] != pool_dim:
@@ -75,6 +82,21 @@ def _open_inputs(args: argparse.Namespace):
   if min(sizes) <= max(args.k, 1):
     raise UserError(f"need more than max(k, 1) = {max(args.k, 1)} images per set, got {sizes}")
   return model, variables, samples, reference
+
+
+def choose_resize(asked: str | None, reference: sample_io.Reference, recompute: bool) -> tuple[str, str]:
+  """(resize mode, why): ADM's tf1 against an ADM reference batch's statistics, pytorch_fid otherwise; refuses
+  pytorch_fid against ADM's statistics (they were computed with tf1: the FID would not be comparable)."""
+  adm_stats = reference.adm and not recompute
+  if asked is None:
+    if adm_stats:
+      return "tf1", "ADM reference batch: ADM's TF1 resizing, as its statistics were computed (the default)"
+    return "pytorch_fid", "statistics computed here or by pytorch-fid: pytorch-fid's resizing (the default)"
+  if asked == "pytorch_fid" and adm_stats:
+    raise UserError("--resize pytorch_fid against an ADM reference batch: its mu/sigma were computed with ADM's TF1 "
+                    "resizing, so the FID would not be comparable; use --resize tf1 (the default), or "
+                    "--recompute-reference-stats to compute both sides with pytorch-fid's")
+  return asked, "asked for with --resize"
 
 
 def _npz_has(path: str, key: str) -> bool:
@@ -120,6 +142,7 @@ def evaluate(args: argparse.Namespace) -> dict:
           "file mu/sigma" if reference.mu is not None else "computed from reference images"),
       "num_reference_images": None if ref_pool is None else len(ref_pool),
       "inception_weights": os.path.basename(args.inception), "resize": args.resize,
+      "resize_reason": args.resize_reason,
       "feature_extractor": "pytorch-fid FID InceptionV3 (Flax port), pool_3 2048-d",
       "inception_score": "softmax(pool @ fc.kernel), no bias, splits of 5000 (ADM)",
       "precision_recall_k": args.k, "matmul_precision": "highest (float32)",

@@ -161,3 +161,22 @@ def test_reference_without_images_keeps_statistics(files, capsys):
   _expect_error(capsys, evaluate.main(_argv(files, reference=path)), "reference statistics have dimension 4, .* 2048")
   _expect_error(capsys, evaluate.main(_argv(files, reference=path) + ["--recompute-reference-stats"]),
                 "--recompute-reference-stats needs reference images")
+
+
+def test_adm_reference_batch_defaults_to_adm_resizing_and_refuses_pytorch_fid(files, capsys):
+  """An ADM reference batch (mu_s/sigma_s beside mu/sigma) was made with ADM's TF1 resizing: that is the default,
+  pytorch-fid's is refused against its statistics, and allowed when both sides are recomputed with it."""
+  adm = files["dir"] / "adm_ref.npz"
+  np.savez(adm, arr_0=files["ref_images"], mu=files["mu"], sigma=files["sigma"], mu_s=files["mu"][:16],
+           sigma_s=files["sigma"][:16, :16])
+  out = files["dir"] / "adm_metrics.json"
+  with pytest.warns(UserWarning):
+    assert evaluate.main(_argv(files, reference=str(adm), out=str(out))) == 0
+  protocol = json.loads(out.read_text())["protocol"]
+  assert protocol["resize"] == "tf1" and "ADM reference batch" in protocol["resize_reason"]
+  assert "resize=tf1" in capsys.readouterr().out
+  code = evaluate.main(_argv(files, reference=str(adm), resize="pytorch_fid"))
+  _expect_error(capsys, code, "--resize pytorch_fid against an ADM reference batch")
+  with pytest.warns(UserWarning):
+    assert evaluate.main(_argv(files, reference=str(adm), resize="pytorch_fid") + ["--recompute-reference-stats"]) == 0
+  assert "resize=pytorch_fid" in capsys.readouterr().out  # (a plain reference's default: test_cli_end_to_end)

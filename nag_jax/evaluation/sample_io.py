@@ -138,10 +138,15 @@ def open_images(path: str | os.PathLike) -> NpzImages | FolderImages:
 
 @dataclasses.dataclass(frozen=True)
 class Reference:
-  """Reference statistics (`mu`, `sigma`, or None) and reference images (or None), from one path."""
+  """Reference statistics (`mu`, `sigma`, or None) and reference images (or None), from one path.
+
+  `adm`: the file is an ADM reference batch (its evaluator also stores the spatial statistics `mu_s`,
+  `sigma_s`), whose `mu`/`sigma` come from ADM's TF graph with its TF1 resizing.
+  """
   mu: np.ndarray | None
   sigma: np.ndarray | None
   images: NpzImages | FolderImages | None
+  adm: bool = False
 
 
 def open_reference(path: str | os.PathLike) -> Reference:
@@ -155,10 +160,11 @@ def open_reference(path: str | os.PathLike) -> Reference:
                        f"(found {', '.join(f.files) or 'nothing'})")
     mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
     has_images = "arr_0" in f.files
+    adm = {"mu_s", "sigma_s"} <= set(f.files)
   if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
     raise UserError(f"{os.fspath(path)!r}: 'mu' must be (D,) and 'sigma' (D, D), "
                      f"got {mu.shape} and {sigma.shape}")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
     raise UserError(f"{os.fspath(path)!r}: 'mu'/'sigma' contain NaN or inf")
   check_covariance(sigma, f"{os.fspath(path)!r}: 'sigma'")
-  return Reference(mu, sigma, NpzImages(path) if has_images else None)
+  return Reference(mu, sigma, NpzImages(path) if has_images else None, adm=adm)
