@@ -10,16 +10,16 @@ samples do not depend on how many processes or devices share the work.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 from absl import flags, logging
+from etils import epath
 from ml_collections import config_flags
 
-from nag_jax import checkpoints, cli, destination
+from nag_jax import checkpoints, cli, destination, paths
 from nag_jax.checkpoints import model_dir
 from nag_jax.errors import UserError
 from nag_jax.sampling import config as sample_config
@@ -49,7 +49,7 @@ def protocol(c, sampler_cfg, guidance, model_cfg) -> dict:
           "sampler": dataclasses.asdict(sampler_cfg), "guidance": dataclasses.asdict(guidance)}
 
 
-def run(c) -> pathlib.Path:
+def run(c) -> epath.Path:
   """Samples c.num_samples images into c.out_dir; returns the output directory.
 
   Every check (config, out_dir, protocol, labels, sampler) comes before out_dir is created or changed.
@@ -89,7 +89,7 @@ def run(c) -> pathlib.Path:
   if jax.process_index() == 0:  # ... before the first one clears or records anything
     writer.prepare(c.out_dir, spec, overwrite=c.overwrite)
   multihost_utils.sync_global_devices("nag_jax.sample: out_dir prepared")
-  out_dir = pathlib.Path(c.out_dir).absolute()
+  out_dir = paths.path(c.out_dir)
   key_samples, key_labels = jax.random.split(jax.random.key(c.seed))
   n_batches = -(-c.num_samples // c.batch_size)
   sharding = batch_sharding(mesh)
@@ -110,7 +110,7 @@ def run(c) -> pathlib.Path:
   return out_dir
 
 
-def finish(c, out_dir: pathlib.Path, decoded: bool, model_cfg, guidance, spec: dict) -> None:
+def finish(c, out_dir: epath.Path, decoded: bool, model_cfg, guidance, spec: dict) -> None:
   """Merges the parts into samples.npz (or latents.npz), writes grid.png and completes run.json (atomically).
 
   The merge streams the parts into the .npz (`writer.write_merged_npz`): its memory is one part, not the

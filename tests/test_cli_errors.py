@@ -199,11 +199,12 @@ def test_sample_resumes_only_the_same_protocol(files, tmp_path, capsys):
   # protocol are ignored; a deleted part is recomputed bit-identically.
   shutil.copytree(files / "model", tmp_path / "copy")
   (out / "parts" / f"batch000001_row00000002_{tag}.npz").unlink()
-  (out / "parts" / f"batch000001_row00000002_{tag}.tmp.npz").write_bytes(b"half written")
+  stale = out / "parts" / f".batch000001_row00000002_{tag}.0badf00d.staging.npz"  # a killed write's staging file
+  stale.write_bytes(b"half written")
   (out / "parts" / "batch000009_row00000018_0123456789ab.npz").write_bytes(b"other protocol")
   sample.run(sample_config(files, out, checkpoint=str(tmp_path / "copy")))
   assert "sampling: 100%|" in capsys.readouterr().err
-  assert not (out / "parts" / f"batch000001_row00000002_{tag}.tmp.npz").exists()  # ours: cleaned
+  assert not stale.exists()  # ours: cleaned
   (out / "parts" / "batch000009_row00000018_0123456789ab.npz").unlink()
   now = listing(out)
   for name in ("samples.npz", "grid.png", f"parts/batch000000_row00000000_{tag}.npz",

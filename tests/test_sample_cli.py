@@ -1,5 +1,6 @@
 """The sampling CLI on the converted shared tiny checkpoint: every sampler, resumability, pixels, errors."""
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ def config(tiny_dirs, tmp_path, family, preset="nag_cfg", **sampler):
     ("sit", dict(method="ode", ode_method="midpoint")), ("sit", dict(method="ode", ode_method="dopri5")),
 ])
 def test_every_sampler_runs_from_the_cli_config(tiny_dirs, tmp_path, family, sampler):
-  out = sample.run(config(tiny_dirs, tmp_path, family, **sampler))
+  out = pathlib.Path(sample.run(config(tiny_dirs, tmp_path, family, **sampler)))
   with np.load(out / "latents.npz") as f:
     latents, labels = f["latents"], f["labels"]
   assert latents.shape == (6, 8, 8, 4) and np.isfinite(latents).all() and latents.std() > 0.05
@@ -49,7 +50,7 @@ def test_every_sampler_runs_from_the_cli_config(tiny_dirs, tmp_path, family, sam
 def test_resume_skips_written_batches_and_gives_the_same_samples(tiny_dirs, tmp_path):
   c = config(tiny_dirs, tmp_path, "dit", preset="nag")
   c.pixel_space, c.num_samples = True, 8
-  out = sample.run(c)
+  out = pathlib.Path(sample.run(c))
   first = np.load(out / "samples.npz")["arr_0"]
   assert first.dtype == np.uint8 and first.shape == (8, 8, 8, 4)
   parts = sorted((out / "parts").iterdir())
@@ -63,7 +64,7 @@ def test_resume_skips_written_batches_and_gives_the_same_samples(tiny_dirs, tmp_
 def test_given_labels_and_bad_labels(tiny_dirs, tmp_path):
   c = config(tiny_dirs, tmp_path, "dit", preset="cfg")
   c.labels = "3,7"
-  out = sample.run(c)
+  out = pathlib.Path(sample.run(c))
   np.testing.assert_array_equal(np.load(out / "latents.npz")["labels"], [3, 7, 3, 7, 3, 7])
   c.labels, c.out_dir = "3,12", str(tmp_path / "bad")
   with pytest.raises(ValueError, match=r"class ids in \[0, 10\)"):
@@ -96,7 +97,7 @@ def test_vae_decoding_inside_the_sampler_writes_images(tiny_dirs, tmp_path):
   save_vae(tmp_path / "vae", vae_params, vae_cfg)
   c = config(tiny_dirs, tmp_path, "dit", preset="nag")
   c.vae = str(tmp_path / "vae")
-  out = sample.run(c)
+  out = pathlib.Path(sample.run(c))
   images = np.load(out / "samples.npz")["arr_0"]
   assert images.dtype == np.uint8 and images.shape == (6, 16, 16, 3)
   c.vae, c.out_dir = "", str(tmp_path / "latents")
@@ -113,7 +114,7 @@ def test_the_pseudo_level_stored_with_a_model_is_the_default(tiny_dirs, tmp_path
   for name, ckpt, level in (("stored", tmp_path / "sit-1.5", None), ("given", tiny_dirs / "sit", 1.5),
                             ("default", tiny_dirs / "sit", None)):
     c.checkpoint, c.out_dir, c.guidance.pseudo_level = str(ckpt), str(tmp_path / name), level
-    out = sample.run(c)
+    out = pathlib.Path(sample.run(c))
     runs[name] = np.load(out / "latents.npz")["latents"]
     assert json.loads((out / "run.json").read_text())["guidance"]["pseudo_level"] == (
         None if name == "default" else 1.5)

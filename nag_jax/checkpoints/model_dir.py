@@ -1,20 +1,23 @@
-"""A converted model directory: Orbax params + `config.json`; written atomically, loaded by `load`."""
+"""A converted model directory: Orbax params + `config.json`, local or in cloud storage; loaded by `load`.
+
+On disk it is written in a staging folder and renamed into place; in cloud storage in place, config.json last
+(a folder without it is not a model directory, so a cut-short write is never loaded).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pathlib
 import shutil
 
 import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from nag_jax import destination, process
+from nag_jax import destination, paths, process
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, dummy_inputs
@@ -28,12 +31,12 @@ PARAMS_DIR = "params"
 ARTIFACT_NAMES = frozenset({CONFIG_FILE, PARAMS_DIR})
 
 
-def check_destination(path: str | pathlib.Path, overwrite: bool, what: str = "converted model") -> pathlib.Path:
+def check_destination(path: paths.PathLike, overwrite: bool, what: str = "converted model") -> epath.Path:
   """Raises DestinationError unless `path` is new, empty, or (with overwrite) a model directory."""
   return destination.check(path, names=ARTIFACT_NAMES, what=what, overwrite=overwrite)
 
 
-def write_params_dir(path: pathlib.Path, params, meta: dict, *, overwrite: bool = False,
+def write_params_dir(path: paths.PathLike, params, meta: dict, *, overwrite: bool = False,
                      what: str = "converted model") -> None:
   """Writes `path/params` (Orbax) and `path/config.json` into a staging folder, then renames it into place.
 
@@ -43,7 +46,14 @@ def write_params_dir(path: pathlib.Path, params, meta: dict, *, overwrite: bool 
   """
   primary, multi = jax.process_index() == 0, jax.process_count() > 1
   path = check_destination(path, overwrite, what)
-  if multi:  # one staging name all processes agree on
+  cloud = paths.is_cloud(path)
+  if cloud:  # written in place: clear our old artifact (check refused anything else), config.json last
+    if primary and path.exists():
+      destination.clear(path, ARTIFACT_NAMES, what)
+    if multi:
+      multihost_utils.sync_global_devices(f"nag_jax cleared {path}")
+    staging = path
+  elif multi:  # one staging name all processes agree on
     name = f".{path.name}.staging"
     if primary:
       if (path.parent / name).exists():
@@ -61,19 +71,19 @@ def write_params_dir(path: pathlib.Path, params, meta: dict, *, overwrite: bool 
       (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
       destination.commit(staging, path, names=ARTIFACT_NAMES, what=what)
   finally:
-    if primary and staging.exists():
+    if primary and not cloud and staging.exists():
       shutil.rmtree(staging)
   if multi:
     multihost_utils.sync_global_devices(f"nag_jax wrote {path}")
 
 
-def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bool = False,
-         source: str = "", pseudo_level: float | None = None) -> pathlib.Path:
+def save(path: paths.PathLike, params, config: ModelConfig, *, overwrite: bool = False,
+         source: str = "", pseudo_level: float | None = None) -> epath.Path:
   """Writes params (Orbax) and config into a staging folder, then renames it into place.
 
   `pseudo_level`: the level the noise-unconditional branch was trained with, when not the family's default.
   """
-  path = pathlib.Path(path).absolute()
+  path = paths.path(path)
   meta = {"model": config.to_dict(), "source": source, "format": "nag_jax/1"}
   if pseudo_level is not None:
     meta["pseudo_level"] = float(pseudo_level)
@@ -81,31 +91,31 @@ def save(path: str | pathlib.Path, params, config: ModelConfig, *, overwrite: bo
   return path
 
 
-def identity(path: str | pathlib.Path) -> str:
+def identity(path: paths.PathLike) -> str:
   """A short hash naming a written directory (model, VAE or g_phi) without reading its weights.
 
   It covers config.json, the Orbax tree metadata and the name and size of every params file (Orbax
   names data files at random on each write), so a copied folder keeps its identity and a rewritten one
   gets a new one. CheckpointError when `path` has no config.json.
   """
-  path = pathlib.Path(path).absolute()
+  path = paths.path(path)
   if not (path / CONFIG_FILE).is_file():
     raise CheckpointError(f"{path} is not a converted directory: {CONFIG_FILE} is missing")
   h = hashlib.sha256((path / CONFIG_FILE).read_bytes())
   params = path / PARAMS_DIR
   if (params / "_METADATA").is_file():
     h.update((params / "_METADATA").read_bytes())
-  for root, dirs, files in os.walk(params):
+  for root, dirs, files in params.walk():
     dirs.sort()
     for name in sorted(files):
-      f = pathlib.Path(root) / name
-      h.update(f"{f.relative_to(params)}:{f.stat().st_size};".encode())
+      f = epath.Path(root) / name
+      h.update(f"{f.relative_to(params)}:{f.stat().length};".encode())
   return h.hexdigest()[:16]
 
 
-def read_pseudo_level(path: str | pathlib.Path) -> float | None:
+def read_pseudo_level(path: paths.PathLike) -> float | None:
   """The trained pseudo level stored by `save`, or None for the family's default."""
-  return json.loads((pathlib.Path(path) / CONFIG_FILE).read_text()).get("pseudo_level")
+  return json.loads((paths.path(path) / CONFIG_FILE).read_text()).get("pseudo_level")
 
 
 def param_shardings(config: ModelConfig, mesh: Mesh):
@@ -120,9 +130,9 @@ def on_first_device(abstract_tree):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract_tree)
 
 
-def read_config(path: str | pathlib.Path) -> ModelConfig:
+def read_config(path: paths.PathLike) -> ModelConfig:
   """The ModelConfig stored in a converted model directory."""
-  cfg_file = pathlib.Path(path) / CONFIG_FILE
+  cfg_file = paths.path(path) / CONFIG_FILE
   if not cfg_file.is_file():
     raise CheckpointError(f"{path} is not a converted model directory: {CONFIG_FILE} is missing")
   try:
@@ -131,9 +141,9 @@ def read_config(path: str | pathlib.Path) -> ModelConfig:
     raise CheckpointError(f"{cfg_file} is not a valid nag_jax model config ({e})") from e
 
 
-def load(path: str | pathlib.Path, *, dtype: str | None = None, shardings=None):
+def load(path: paths.PathLike, *, dtype: str | None = None, shardings=None):
   """Returns (model, params, config) from a converted directory, optionally restored sharded."""
-  path = pathlib.Path(path).absolute()
+  path = paths.path(path)
   config = read_config(path)
   if dtype:
     config = config.replace(dtype=dtype)
@@ -150,13 +160,13 @@ def load(path: str | pathlib.Path, *, dtype: str | None = None, shardings=None):
   return DiT(config), params, config
 
 
-def load_estimator(path: str | pathlib.Path) -> tuple[NoiseEstimator, dict]:
+def load_estimator(path: paths.PathLike) -> tuple[NoiseEstimator, dict]:
   """g_phi and its params from a model directory holding a NoiseEstimator's params."""
   config = read_config(path)
   estimator = NoiseEstimator(config, pseudo_level=process.create(config.family).pseudo_level(read_pseudo_level(path)))
   target = jax.eval_shape(lambda: nn.meta.unbox(estimator.init(jax.random.key(0), *estimator_inputs(estimator))))
   try:
-    params = ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute() / PARAMS_DIR,
+    params = ocp.StandardCheckpointer().restore(paths.path(path) / PARAMS_DIR,
                                                 on_first_device(target["params"]))
   except Exception as e:  # orbax raises several types for a tree that does not match
     raise CheckpointError(f"{path} does not hold noise-estimator (g_phi) params "

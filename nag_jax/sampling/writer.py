@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 import re
 import zipfile
 from typing import Any
@@ -16,7 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from nag_jax import destination
+from etils import epath
+
+from nag_jax import destination, paths
 from nag_jax.errors import UserError
 
 RUN_FILE = "run.json"
@@ -49,8 +50,8 @@ def differing_keys(old: dict, new: dict) -> list[str]:
   return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
-def prepare(out_dir: str | pathlib.Path, protocol: dict[str, Any], *, overwrite: bool,
-            write: bool = True) -> pathlib.Path:
+def prepare(out_dir: paths.PathLike, protocol: dict[str, Any], *, overwrite: bool,
+            write: bool = True) -> epath.Path:
   """Checks out_dir for `protocol`; with `write`, clears it (overwrite) and records the protocol.
 
   Refuses a foreign folder, a file, and (without overwrite) samples of another protocol or parts with
@@ -73,39 +74,37 @@ def prepare(out_dir: str | pathlib.Path, protocol: dict[str, Any], *, overwrite:
     if overwrite and out_dir.is_dir():
       destination.clear(out_dir, ARTIFACT_NAMES, WHAT)
     (out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
-    for stale in (out_dir / PARTS_DIR).glob("batch*_row*.tmp.npz"):
+    for stale in (out_dir / PARTS_DIR).glob(".batch*_row*.staging.npz"):  # a part a killed run was writing
       stale.unlink()
     if not run_file.exists() or overwrite:
       write_json(run_file, {"protocol": protocol, "protocol_hash": protocol_hash(protocol)})
   return out_dir
 
 
-def write_json(path: pathlib.Path, data: dict) -> None:
+def write_json(path: epath.Path, data: dict) -> None:
   """Writes JSON atomically (staging file beside it, then rename)."""
   destination.write_file(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)), what="JSON",
                          overwrite=True)
 
 
-def part_path(out_dir: pathlib.Path, batch: int, start: int, protocol: str) -> pathlib.Path:
+def part_path(out_dir: epath.Path, batch: int, start: int, protocol: str) -> epath.Path:
   """The part file of rows from `start` of global batch `batch` under protocol hash `protocol`."""
   return out_dir / PARTS_DIR / f"batch{batch:06d}_row{start:08d}_{protocol}.npz"
 
 
-def write_part(out_dir: pathlib.Path, batch: int, start: int, protocol: str, images: np.ndarray,
+def write_part(out_dir: paths.PathLike, batch: int, start: int, protocol: str, images: np.ndarray,
                labels: np.ndarray) -> None:
-  """Writes one process's rows of one batch atomically (tmp file, then rename)."""
-  path = part_path(out_dir, batch, start, protocol)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp.npz")
-  np.savez(tmp, images=images, labels=labels)
-  tmp.rename(path)
+  """Writes one process's rows of one batch atomically (`destination.write_file`: a part exists only whole)."""
+  path = part_path(paths.path(out_dir), batch, start, protocol)
+  destination.write_file(path, lambda p: np.savez(p, images=images, labels=labels), what="part", overwrite=True)
 
 
-def part_files(out_dir: pathlib.Path, protocol: str) -> list[pathlib.Path]:
+def part_files(out_dir: paths.PathLike, protocol: str) -> list[epath.Path]:
   """The part files written under `protocol`, in row order.
 
   Other files in parts/ (temporary parts of a killed run, parts of a cleared protocol) are ignored.
   """
+  out_dir = paths.path(out_dir)
   parts = []
   for p in (out_dir / PARTS_DIR).iterdir():
     m = _PART.fullmatch(p.name)
@@ -116,30 +115,30 @@ def part_files(out_dir: pathlib.Path, protocol: str) -> list[pathlib.Path]:
   return [p for _, p in sorted(parts)]
 
 
-def _rows(parts: list[pathlib.Path], num_rows: int, key: str):
+def _rows(parts: list[epath.Path], num_rows: int, key: str):
   """Yields the `key` arrays of the parts in order, one part at a time, cut to `num_rows` rows in all."""
   left = num_rows
   for p in parts:
     if left <= 0:
       return
-    with np.load(p) as f:
+    with p.open("rb") as raw, np.load(raw) as f:
       block = f[key][:left]
     left -= len(block)
     yield block
 
 
-def merge_parts(out_dir: pathlib.Path, num_samples: int, protocol: str) -> tuple[np.ndarray, np.ndarray]:
+def merge_parts(out_dir: paths.PathLike, num_samples: int, protocol: str) -> tuple[np.ndarray, np.ndarray]:
   """The rows written under `protocol`, in order, cut to num_samples, in memory: (images, labels)."""
   parts = part_files(out_dir, protocol)
   return (np.concatenate(list(_rows(parts, num_samples, "images"))),
           np.concatenate(list(_rows(parts, num_samples, "labels"))))
 
 
-def _array_meta(parts: list[pathlib.Path], key: str) -> tuple[int, tuple[int, ...], np.dtype]:
+def _array_meta(parts: list[epath.Path], key: str) -> tuple[int, tuple[int, ...], np.dtype]:
   """(rows, item shape, dtype) of the parts' `key` arrays, read from their .npy headers only."""
   rows, item, dtype = 0, None, None
   for p in parts:
-    with zipfile.ZipFile(p) as zf, zf.open(f"{key}.npy") as f:
+    with p.open("rb") as raw, zipfile.ZipFile(raw) as zf, zf.open(f"{key}.npy") as f:
       version = np.lib.format.read_magic(f)
       shape, _, dt = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
                       else np.lib.format.read_array_header_2_0(f))
@@ -149,12 +148,12 @@ def _array_meta(parts: list[pathlib.Path], key: str) -> tuple[int, tuple[int, ..
   return rows, item, dtype
 
 
-def count_rows(parts: list[pathlib.Path], num_rows: int) -> int:
+def count_rows(parts: list[epath.Path], num_rows: int) -> int:
   """The rows a merge of `parts` cut to `num_rows` holds (fewer when fewer were sampled)."""
   return min(num_rows, _array_meta(parts, "labels")[0])
 
 
-def write_merged_npz(path: pathlib.Path, parts: list[pathlib.Path], num_rows: int, names: dict[str, str]) -> None:
+def write_merged_npz(path: paths.PathLike, parts: list[epath.Path], num_rows: int, names: dict[str, str]) -> None:
   """Writes the parts' arrays into one .npz at `path`, streaming: {part key: npz name}, e.g. images -> arr_0.
 
   Each member is stored uncompressed with ZIP64 (a 50,000-image batch at 256 px is 9.8 GB, over zip's
@@ -171,7 +170,7 @@ def write_merged_npz(path: pathlib.Path, parts: list[pathlib.Path], num_rows: in
           f.write(np.ascontiguousarray(block).reshape(-1).view(np.uint8).data)  # no copy
 
 
-def save_grid(images: np.ndarray, path: pathlib.Path, ncols: int = 8) -> None:
+def save_grid(images: np.ndarray, path: paths.PathLike, ncols: int = 8) -> None:
   """uint8 NHWC images (1 or 3 channels) -> one PNG grid with a 2-pixel border."""
   n, h, w, c = images.shape
   ncols = min(ncols, n)

@@ -11,6 +11,7 @@ Key reference (validated by `config_validation.validate` before any compute):
   data.kind: digits | folder (path) | tfds (tfds_name, data_dir) | latents (path of array_record latents).
   sample: the periodic grid (every_steps 0 = off), without and with NAG; vae = a converted SD-VAE folder
     that decodes latent samples to images (latent models only).
+  tensorboard: write TensorBoard events into workdir (process 0); False: the console only.
   log_batch_digests: process 0 writes each step's global-batch digest to workdir/batch_digests.txt (a check
     that runs on other numbers of processes, or resumed, train on the same data; exact under any sharding).
 """
@@ -52,6 +53,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50_000, keep=3, async_save=True))
   c.log_every_steps = 100
   c.log_batch_digests = False
+  c.tensorboard = True
   c.sample = ml_collections.ConfigDict(dict(every_steps=0, num_images=8, num_steps=50, nag_scale=3.0,
                                             cfg_scale=1.0, vae=""))  # vae: converted SD-VAE dir to decode latents
   return c

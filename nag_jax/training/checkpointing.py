@@ -9,13 +9,12 @@ The data iterator is not saved: its stream is a function of the seed and the ste
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
 
-from nag_jax import destination
+from nag_jax import destination, paths
 from nag_jax.checkpoints import CheckpointError
 
 RUN_CONFIG = "config.json"  # the config a workdir's checkpoints were written with
@@ -37,20 +36,20 @@ def _state_fields(config: dict) -> dict[str, Any]:
   return out
 
 
-def has_checkpoint(workdir: str | pathlib.Path) -> bool:
+def has_checkpoint(workdir: paths.PathLike) -> bool:
   """True when workdir/checkpoints holds a finished step (Orbax's temporary folders do not count)."""
-  folder = pathlib.Path(workdir) / CHECKPOINT_DIR
+  folder = paths.path(workdir) / CHECKPOINT_DIR
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
-def check_run_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, write: bool = True) -> None:
+def check_run_config(workdir: paths.PathLike, config: ml_collections.ConfigDict, write: bool = True) -> None:
   """Refuses to resume `workdir` with a config whose state-shaping keys differ from the recorded one.
 
   The first run records its config in workdir/config.json (`write`, process 0 only); a resume compares
   the mode, model and accumulation with it and raises CheckpointError naming every differing key.
   """
   resuming = has_checkpoint(workdir)
-  path = pathlib.Path(workdir) / RUN_CONFIG
+  path = paths.path(workdir) / RUN_CONFIG
   current = json.loads(json.dumps(config.to_dict(), default=str))
   if resuming and path.is_file():
     try:
@@ -70,13 +69,13 @@ def check_run_config(workdir: str | pathlib.Path, config: ml_collections.ConfigD
                            overwrite=True)
 
 
-def create_manager(directory: str | pathlib.Path, *, every_steps: int, keep: int,
+def create_manager(directory: paths.PathLike, *, every_steps: int, keep: int,
                    async_save: bool = True) -> ocp.CheckpointManager:
   """A manager saving every `every_steps` steps and keeping the last `keep`."""
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every_steps, max_to_keep=keep, create=True, cleanup_tmp_directories=True,
       enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("state",), options=options)
+  return ocp.CheckpointManager(paths.path(directory), item_names=("state",), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:

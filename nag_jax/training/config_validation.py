@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import functools
-import pathlib
 from typing import Any, Callable
 
 import jax
 import ml_collections
 
+from nag_jax import paths
 from nag_jax.checkpoints import model_dir, vae_convert
 from nag_jax.checkpoints.torch_io import CheckpointError
 from nag_jax.diffusion import NOISE_SCHEDULES
@@ -129,6 +129,10 @@ def _check_consistency(p: list, c: ml_collections.ConfigDict, model: ModelConfig
   """Cross-field rules: data paths per kind, image size vs model, null class, sampling in g_phi mode."""
   if c.data.kind in ("folder", "latents") and not c.data.path:
     p.append(f"data.path must name the {c.data.kind} folder")
+  elif c.data.kind in ("folder", "latents") and paths.is_cloud(c.data.path):
+    p.append(f"data.path {c.data.path} is in cloud storage, which the {c.data.kind} reader cannot open (array_record "
+             "and image folders read local files): copy it to local disk, or mount the bucket (gcsfuse) and "
+             "give the mounted path")
   if c.data.kind == "tfds" and not c.data.tfds_name:
     p.append("data.tfds_name must name a TFDS dataset")
   if c.data.kind != "latents" and c.data.image_size != model.input_size:
@@ -154,7 +158,7 @@ def _check_vae(p: list, path: str, data_kind: str, model: ModelConfig) -> None:
   except CheckpointError as e:
     p.append(f"sample.vae: {e}")
     return
-  if not (pathlib.Path(path) / vae_convert.PARAMS_DIR).is_dir():
+  if not (paths.path(path) / vae_convert.PARAMS_DIR).is_dir():
     p.append(f"sample.vae {path} is not a converted VAE (no {vae_convert.PARAMS_DIR}/): "
              "run python -m nag_jax.convert_vae")
   elif channels != model.in_channels:
@@ -182,7 +186,7 @@ def _check_init_from(p: list, c: ml_collections.ConfigDict, model: ModelConfig) 
   if not c.init_from:
     p.append(f"init_from must name a converted model directory in mode {c.mode!r}")
     return
-  if not pathlib.Path(c.init_from).is_dir():
+  if not paths.path(c.init_from).is_dir():
     p.append(f"init_from {c.init_from} is not a directory")
     return
   try:

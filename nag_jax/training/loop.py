@@ -5,15 +5,14 @@ and progress hook in; `train(config, workdir)` alone runs with neither (quick CP
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
+from nag_jax import paths
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.vae_convert import load_vae
 from nag_jax.errors import NonFiniteError
@@ -46,7 +45,7 @@ def flush_metrics(writer: Any, pending: list[tuple[int, dict]]) -> None:
     writer.write_scalars(pending[-1][0], mean)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, writer: Any = None,
+def train(config: ml_collections.ConfigDict, workdir: paths.PathLike, *, writer: Any = None,
           progress: Callable[[int], Any] | None = None, validated: bool = False) -> TrainState:
   """Trains per `config` in `workdir` (checkpoints/, model/ export of the EMA or g_phi) and returns the state.
 
@@ -58,7 +57,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
   """
   if not validated:
     config_validation.validate(config)
-  workdir = pathlib.Path(workdir)
+  workdir = paths.path(workdir)
+  paths.check_bucket(workdir)
   mesh = make_mesh(config.mesh.to_dict())
   source = input_pipeline.create_source(config.data)
   model_config = config_validation.model_config_of(config, source.num_classes)
@@ -85,7 +85,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, wri
                                             jax.tree.map(lambda s: s.sharding, abstract_state.params),
                                             config.objective.pseudo_level, config.seed, vae)
   pending: list[tuple[int, dict]] = []
-  digests = run_control.DigestLog(epath.Path(workdir), start, config.log_batch_digests)
+  digests = run_control.DigestLog(workdir, start, config.log_batch_digests)
   preemption = run_control.Preemption(manager)
   try:
     for step in range(start + 1, config.num_train_steps + 1):

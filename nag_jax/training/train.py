@@ -1,12 +1,13 @@
 """`train_with_logging`: the training loop with clu logging (TensorBoard + console, progress and ETA)."""
 from __future__ import annotations
 
-import pathlib
+import os
 
 import jax
 import ml_collections
 from clu import metric_writers, periodic_actions
 
+from nag_jax import paths
 from nag_jax.training import checkpointing, config_validation, loop
 from nag_jax.training.train_state import TrainState
 
@@ -19,16 +20,19 @@ def _flatten(d: dict, prefix: str = ""):
       yield f"{prefix}{k}", "None" if v is None else v
 
 
-def train_with_logging(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
-  """Trains per `config` in `workdir`, writing metrics and sample grids to TensorBoard there.
+def train_with_logging(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> TrainState:
+  """Trains per `config` in `workdir`, writing metrics and sample grids to TensorBoard there (process 0).
 
   Steps per second and the ETA come from `periodic_actions.ReportProgress`; see `loop.train` for
-  resumption, checkpoints and the exported model.
+  resumption, checkpoints and the exported model. TensorBoard events are written by TensorFlow's own file
+  system (gs:// included, with TensorFlow's credentials); `config.tensorboard=False` keeps them to the console.
   """
   config_validation.validate(config)  # before the writer creates anything in workdir
+  workdir = paths.path(workdir)
+  paths.check_bucket(workdir)
   checkpointing.check_run_config(workdir, config, write=False)  # a resume with another model: refused here
-  workdir = pathlib.Path(workdir)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(
+      os.fspath(workdir), just_logging=jax.process_index() > 0 or not config.tensorboard)
   writer.write_hparams(dict(_flatten(config.to_dict())))
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                              every_steps=config.log_every_steps)

@@ -1,0 +1,54 @@
+"""One path type for every file argument, local or cloud: `etils.epath.Path` (what flax, big_vision and Orbax use).
+
+`gs://` (and the other fsspec schemes epath knows: s3://, az://) go through fsspec: gcsfs for `gs://` (the `gcs`
+extra). epath would use TensorFlow's `tf.io.gfile` instead whenever TensorFlow is importable; nag_jax sets
+EPATH_USE_TF=false (unless the environment sets it) so that every path goes through one backend, the one that
+honours STORAGE_EMULATOR_HOST (a local GCS emulator). Orbax writes array data through tensorstore
+(TENSORSTORE_GCS_HTTP_URL points it at an emulator) and its metadata and commit markers through epath.
+
+Object stores cannot rename folders: writers that stage a folder and rename it into place on disk write
+cloud folders in place and mark them complete last (see `nag_jax.destination`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Union
+
+os.environ.setdefault("EPATH_USE_TF", "false")  # before epath picks a backend (it caches the choice)
+
+from etils import epath  # pylint: disable=wrong-import-position
+
+from nag_jax.errors import PathError, UserError  # pylint: disable=wrong-import-position
+
+PathLike = Union[str, os.PathLike, epath.Path]
+CLOUD_SCHEMES = ("gs://", "s3://", "az://")
+
+
+def is_cloud(path: PathLike) -> bool:
+  """True for an object-store URI (gs://, s3://, az://)."""
+  return os.fspath(path).startswith(CLOUD_SCHEMES)
+
+
+def path(p: PathLike) -> epath.Path:
+  """`p` as an epath.Path: cloud URIs as they are, local paths made absolute."""
+  if isinstance(p, epath.Path) and is_cloud(p):
+    return p
+  text = os.fspath(p)
+  return epath.Path(text) if is_cloud(text) else epath.Path(os.path.abspath(text))
+
+
+def local_only(p: PathLike, what: str, hint: str) -> None:
+  """Raises UserError for a cloud `p` where only local files work (`what` names the argument)."""
+  if is_cloud(p):
+    raise UserError(f"{what} {os.fspath(p)} is in cloud storage, which {hint}")
+
+
+def check_bucket(p: PathLike) -> None:
+  """For a cloud path: raises PathError unless its bucket exists (gcsfs reports a missing one only on write)."""
+  if not is_cloud(p):
+    return
+  text = os.fspath(p)
+  scheme, rest = text.split("://", 1)
+  bucket = rest.split("/", 1)[0]
+  if not bucket or not epath.Path(f"{scheme}://{bucket}").exists():
+    raise PathError(f"{text}: bucket {scheme}://{bucket} does not exist (or is not readable with these credentials)")
