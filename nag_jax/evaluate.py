@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from nag_jax import cli, destination
+from nag_jax import cli, destination, paths
 from nag_jax.errors import UserError
 from nag_jax.sharding import multihost
 from nag_jax.evaluation import fid, inception_convert, precision_recall, sample_io
@@ -67,7 +67,7 @@ def _open_inputs(args: argparse.Namespace):
     destination.check_file(args.out, what="metrics JSON", overwrite=args.overwrite)
   samples = sample_io.open_images(args.samples)
   if args.recompute_reference_stats:  # only the images are used: the file needs no mu/sigma
-    if not os.path.isdir(args.reference) and not _npz_has(args.reference, "arr_0"):
+    if not paths.path(args.reference).is_dir() and not _npz_has(args.reference, "arr_0"):
       raise UserError("--recompute-reference-stats needs reference images (arr_0 or a folder)")
     reference = sample_io.Reference(None, None, sample_io.open_images(args.reference))
   else:
@@ -102,7 +102,7 @@ def choose_resize(asked: str | None, reference: sample_io.Reference, recompute: 
 def _npz_has(path: str, key: str) -> bool:
   """True when the .npz at `path` holds `key` (False for anything unreadable: open_images then says why)."""
   try:
-    with np.load(path) as f:
+    with paths.path(path).open("rb") as raw, np.load(raw) as f:
       return key in f.files
   except (OSError, ValueError):
     return True

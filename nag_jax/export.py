@@ -7,13 +7,12 @@ The file is written beside --dst under a staging name and renamed into place, so
 """
 from __future__ import annotations
 
-import pathlib
 import sys
 
 import jax
 import numpy as np
 
-from nag_jax import cli, destination
+from nag_jax import cli, destination, paths
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.dit_convert import flax_to_torch
 from nag_jax.checkpoints.torch_io import write_state_dict
@@ -21,10 +20,10 @@ from nag_jax.checkpoints.torch_io import write_state_dict
 SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-def export(src: str | pathlib.Path, dst: str | pathlib.Path, *, overwrite: bool = False):
+def export(src: paths.PathLike, dst: paths.PathLike, *, overwrite: bool = False):
   """Writes the model directory `src` as a state_dict file `dst`; returns its ModelConfig."""
   destination.check_file(dst, what="state_dict", overwrite=overwrite)  # before the (slow) load
-  if pathlib.Path(dst).suffix not in SUFFIXES:
+  if paths.path(dst).suffix not in SUFFIXES:
     raise destination.DestinationError(f"--dst {dst} must end in one of {', '.join(SUFFIXES)}")
   _, params, config = model_dir.load(src)
   sd = flax_to_torch(jax.tree.map(np.asarray, params), config)

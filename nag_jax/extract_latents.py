@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nag_jax import cli, data, destination
+from nag_jax import cli, data, destination, paths
 from nag_jax.data import latents as latents_format
 from nag_jax.errors import UserError
 from nag_jax.sharding import multihost
@@ -104,6 +104,8 @@ def extract(args: argparse.Namespace) -> pathlib.Path:
   """Loads the VAE, encodes this process's shards of the source, and (process 0, once all exist) commits --dst."""
   if args.image_size <= 0 or args.batch_size <= 0 or args.records_per_shard <= 0:
     raise UserError("--image-size, --batch-size and --records-per-shard must be positive")
+  paths.local_only(args.dst, "--dst")
+  paths.local_only(args.src, "--src")
   dst = destination.check(args.dst, names=ARTIFACT_NAMES, what=WHAT, overwrite=args.overwrite)
   # The VAE modules are imported here so that the data package never depends on them.
   from nag_jax.checkpoints import model_dir, vae_convert  # pylint: disable=import-outside-toplevel

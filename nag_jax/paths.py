@@ -11,8 +11,12 @@ cloud folders in place and mark them complete last (see `nag_jax.destination`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Union
+import pathlib
+import shutil
+import tempfile
+from typing import Iterator, Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # before epath picks a backend (it caches the choice)
 
@@ -37,10 +41,29 @@ def path(p: PathLike) -> epath.Path:
   return epath.Path(text) if is_cloud(text) else epath.Path(os.path.abspath(text))
 
 
-def local_only(p: PathLike, what: str, hint: str) -> None:
+LOCAL_DATA_HINT = ("the latents (array_record) and image-folder readers and writers cannot open: copy it to local "
+                   "disk, or mount the bucket (e.g. gcsfuse) and give the mounted path")
+
+
+def local_only(p: PathLike, what: str, hint: str = LOCAL_DATA_HINT) -> None:
   """Raises UserError for a cloud `p` where only local files work (`what` names the argument)."""
   if is_cloud(p):
     raise UserError(f"{what} {os.fspath(p)} is in cloud storage, which {hint}")
+
+
+@contextlib.contextmanager
+def local_copy(p: PathLike) -> Iterator[pathlib.Path]:
+  """A local path of file `p`: `p` itself on disk; a downloaded temporary copy (deleted afterwards) in the cloud,
+  for readers that open files by name (torch.load of a pickle, safetensors)."""
+  if not is_cloud(p):
+    yield pathlib.Path(os.fspath(p))
+    return
+  source = path(p)
+  with tempfile.TemporaryDirectory(prefix="nag_jax_") as folder:
+    local = pathlib.Path(folder) / source.name
+    with source.open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, length=16 * 2**20)
+    yield local
 
 
 def check_bucket(p: PathLike) -> None:

@@ -105,12 +105,18 @@ def identity(path: paths.PathLike) -> str:
   params = path / PARAMS_DIR
   if (params / "_METADATA").is_file():
     h.update((params / "_METADATA").read_bytes())
-  for root, dirs, files in params.walk():
+  base = _without_scheme(params)
+  for root, dirs, files in params.walk():  # (in cloud storage, walk's roots come without their scheme)
     dirs.sort()
+    sub = _without_scheme(root)[len(base):].lstrip("/")
     for name in sorted(files):
-      f = epath.Path(root) / name
-      h.update(f"{f.relative_to(params)}:{f.stat().length};".encode())
+      rel = f"{sub}/{name}" if sub else name
+      h.update(f"{rel}:{(params / rel).stat().length};".encode())
   return h.hexdigest()[:16]
+
+
+def _without_scheme(p) -> str:
+  return str(p).split("://", 1)[-1].rstrip("/")
 
 
 def read_pseudo_level(path: paths.PathLike) -> float | None:

@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from nag_jax import paths
 from nag_jax.errors import UserError
 
 
@@ -31,9 +32,13 @@ def read_state_dict(path: str | pathlib.Path, trust_pickle: bool = False) -> tup
   loader does. Pickles are read with `weights_only=True` plus `argparse.Namespace` allow-listed
   (the official train.py stores its args that way); arbitrary pickles run only with trust_pickle.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
+  if not paths.path(path).is_file():
     raise CheckpointError(f"checkpoint file {path} does not exist")
+  with paths.local_copy(path) as local:
+    return _read_local(local, trust_pickle)
+
+
+def _read_local(path: pathlib.Path, trust_pickle: bool) -> tuple[dict, str]:
   if path.suffix == ".safetensors":
     return _to_numpy(_read_safetensors(path)), "safetensors state_dict"
   torch = _require_torch()

@@ -12,8 +12,10 @@ from collections import OrderedDict
 
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 
+from nag_jax import paths
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.torch_io import CheckpointError, read_state_dict
 from nag_jax.models.vae import AutoencoderKL, VAEConfig, abstract_params
@@ -99,7 +101,7 @@ def flax_to_torch(params: dict) -> OrderedDict:
 
 def read_diffusers(src: str | pathlib.Path) -> tuple[VAEConfig, dict]:
   """(config, numpy state_dict) of a diffusers VAE folder, or of a weights file beside its config.json."""
-  src = pathlib.Path(src)
+  src = paths.path(src)
   if src.is_file():
     folder, weights = src.parent, src
   elif src.is_dir():
@@ -120,7 +122,7 @@ def read_diffusers(src: str | pathlib.Path) -> tuple[VAEConfig, dict]:
 
 def read_config(folder: str | pathlib.Path) -> VAEConfig:
   """The VAEConfig of `folder/config.json` (a diffusers folder or a converted one)."""
-  path = pathlib.Path(folder) / CONFIG_FILE
+  path = paths.path(folder) / CONFIG_FILE
   try:
     return VAEConfig.from_dict(json.loads(path.read_text()))
   except (OSError, ValueError, TypeError) as e:
@@ -128,9 +130,9 @@ def read_config(folder: str | pathlib.Path) -> VAEConfig:
 
 
 def save_vae(dst: str | pathlib.Path, params: dict, config: VAEConfig,
-             overwrite: bool = False) -> pathlib.Path:
-  """Writes `dst/params` (Orbax) and `dst/config.json` via a staging folder renamed into place."""
-  dst = pathlib.Path(dst).absolute()
+             overwrite: bool = False) -> epath.Path:
+  """Writes `dst/params` (Orbax) and `dst/config.json` as `model_dir.write_params_dir` does."""
+  dst = paths.path(dst)
   model_dir.write_params_dir(dst, params, config.to_dict(), overwrite=overwrite, what="converted VAE")
   return dst
 
@@ -138,7 +140,7 @@ def save_vae(dst: str | pathlib.Path, params: dict, config: VAEConfig,
 def convert(src: str | pathlib.Path, dst: str | pathlib.Path,
             overwrite: bool = False) -> tuple[VAEConfig, dict]:
   """diffusers folder/file -> converted folder; all is read and validated before anything is written."""
-  dst = pathlib.Path(dst)
+  dst = paths.path(dst)
   model_dir.check_destination(dst, overwrite, "converted VAE")
   config, sd = read_diffusers(src)
   params = torch_to_flax(sd, config)
@@ -148,7 +150,7 @@ def convert(src: str | pathlib.Path, dst: str | pathlib.Path,
 
 def load_vae(directory: str | pathlib.Path, dtype=None) -> tuple[AutoencoderKL, dict, VAEConfig]:
   """(module, params, config) from a converted folder; `dtype` sets the compute dtype (params stay f32)."""
-  directory = pathlib.Path(directory).absolute()
+  directory = paths.path(directory)
   config = read_config(directory)
   if not (directory / PARAMS_DIR).is_dir():
     raise CheckpointError(f"{directory} has no {PARAMS_DIR}/ folder: not a converted VAE")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.evaluation.inception import INPUT_SIZE, InceptionV3, Resize
+from nag_jax import paths
 from nag_jax.errors import PathError, UserError
 
 # torch leaf name -> (Flax collection, Flax leaf name) for the layers of the network.
@@ -89,7 +90,7 @@ def to_state_dict(variables: Mapping) -> dict[str, np.ndarray]:
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a `.pth` state dict with torch (weights only) into numpy arrays."""
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise PathError(
         f"Inception weight file {os.fspath(path)!r} not found; pass pytorch-fid's "
         "pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
@@ -97,7 +98,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError("reading a .pth weight file needs torch (CPU build is enough)") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  with paths.path(path).open("rb") as f:
+    state = torch.load(f, map_location="cpu", weights_only=True)
   if not isinstance(state, Mapping):
     raise UserError(f"{os.fspath(path)!r} does not hold a state dict (got {type(state).__name__})")
   return {k: v.detach().float().numpy() if torch.is_tensor(v) else np.asarray(v)

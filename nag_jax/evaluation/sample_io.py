@@ -5,14 +5,13 @@ reference statistics (`mu`, `sigma`), validating them with one clear error each.
 """
 import dataclasses
 import os
-import pathlib
 import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
 
-from nag_jax import checks
+from nag_jax import checks, paths
 from nag_jax.evaluation.fid import check_covariance
 from nag_jax.errors import PathError, UserError
 
@@ -22,15 +21,15 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
 
 
 def check_image_meta(shape: tuple[int, ...], dtype: np.dtype, source: str) -> None:
-  """Raises ValueError unless the array is (N, H, W, 3) of an integer dtype."""
+  """Raises UserError unless the array is (N, H, W, 3), or grayscale (N, H, W, 1), of an integer dtype."""
   dtype = np.dtype(dtype)
   if dtype.kind not in "ui":
     raise UserError(f"{source}: images must be uint8 pixel values in [0, 255], got dtype {dtype} "
                      "(quantise float images to uint8 as the samplers do)")
-  if len(shape) != 4 or shape[-1] != 3 or 0 in shape:
-    hint = " (looks like NCHW; transpose to NHWC)" if len(shape) == 4 and shape[1] == 3 else ""
-    raise UserError(f"{source}: images must be a non-empty NHWC array (N, H, W, 3), "
-                     f"got shape {tuple(shape)}{hint}")
+  if len(shape) != 4 or shape[-1] not in (1, 3) or 0 in shape:
+    hint = " (looks like NCHW; transpose to NHWC)" if len(shape) == 4 and shape[1] in (1, 3) else ""
+    raise UserError(f"{source}: images must be a non-empty NHWC array (N, H, W, 3), or grayscale (N, H, W, 1), "
+                    f"got shape {tuple(shape)}{hint}")
 
 
 def check_pixel_range(batch: np.ndarray, source: str) -> None:
@@ -46,7 +45,7 @@ class NpzImages:
   def __init__(self, path: str | os.PathLike, key: str = "arr_0"):
     self.path, self.key = os.fspath(path), key
     self.source = f"{self.path}[{key}]"
-    with zipfile.ZipFile(self.path) as zf:
+    with paths.path(self.path).open("rb") as raw, zipfile.ZipFile(raw) as zf:
       if f"{key}.npy" not in zf.namelist():
         raise UserError(f"{self.path}: no {key!r} array (ADM sample files hold images in 'arr_0')")
       with zf.open(f"{key}.npy") as f:
@@ -71,7 +70,7 @@ class NpzImages:
     checks.check_positive("batch_size", batch_size)
     item_shape = self.shape[1:]
     item_bytes = int(np.prod(item_shape)) * self.dtype.itemsize
-    with zipfile.ZipFile(self.path) as zf, zf.open(f"{self.key}.npy") as f:
+    with paths.path(self.path).open("rb") as raw, zipfile.ZipFile(raw) as zf, zf.open(f"{self.key}.npy") as f:
       self._read_header(f)
       for start in range(0, len(self), batch_size):
         count = min(batch_size, len(self) - start)
@@ -79,9 +78,11 @@ class NpzImages:
         yield np.frombuffer(data, self.dtype).reshape((count,) + item_shape)
 
   def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-    """Yields (b, H, W, 3) uint8 batches in file order."""
+    """Yields (b, H, W, 3) uint8 batches in file order; grayscale is repeated to RGB (as PIL's convert("RGB"),
+    which pytorch-fid applies to image files)."""
     for batch in self._raw_batches(batch_size):
-      yield batch.astype(np.uint8, copy=False)
+      batch = batch.astype(np.uint8, copy=False)
+      yield np.repeat(batch, 3, axis=-1) if batch.shape[-1] == 1 else batch
 
 
 class FolderImages:
@@ -89,7 +90,7 @@ class FolderImages:
 
   def __init__(self, path: str | os.PathLike):
     self.source = os.fspath(path)
-    self.files = sorted(p for p in pathlib.Path(path).iterdir()
+    self.files = sorted(p for p in paths.path(path).iterdir()
                         if p.suffix.lower() in IMAGE_SUFFIXES)
     if not self.files:
       raise UserError(f"{self.source}: no image files ({', '.join(IMAGE_SUFFIXES)})")
@@ -102,8 +103,8 @@ class FolderImages:
     self.shape = (len(self.files), height, width, 3)
 
   @staticmethod
-  def _size(file: pathlib.Path) -> tuple[int, int]:
-    with Image.open(file) as im:
+  def _size(file) -> tuple[int, int]:
+    with file.open("rb") as raw, Image.open(raw) as im:
       return im.size
 
   def __len__(self) -> int:
@@ -115,22 +116,25 @@ class FolderImages:
     for start in range(0, len(self.files), batch_size):
       images = []
       for file in self.files[start:start + batch_size]:
-        with Image.open(file) as im:
+        with file.open("rb") as raw, Image.open(raw) as im:
           images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
       yield np.stack(images)
 
 
 def _check_npz(path: str | os.PathLike) -> None:
-  if not os.path.isfile(path):
+  p = paths.path(path)
+  paths.check_bucket(p)
+  if not p.is_file():
     raise PathError(
         f"{os.fspath(path)!r} not found (expected an .npz file or an image folder)")
-  if not zipfile.is_zipfile(path):
-    raise UserError(f"{os.fspath(path)!r} is neither an .npz file nor a folder of images")
+  with p.open("rb") as raw:
+    if not zipfile.is_zipfile(raw):
+      raise UserError(f"{os.fspath(path)!r} is neither an .npz file nor a folder of images")
 
 
 def open_images(path: str | os.PathLike) -> NpzImages | FolderImages:
   """An ADM `.npz` (`arr_0`) or a folder of images, validated."""
-  if os.path.isdir(path):
+  if paths.path(path).is_dir():
     return FolderImages(path)
   _check_npz(path)
   return NpzImages(path)
@@ -151,10 +155,10 @@ class Reference:
 
 def open_reference(path: str | os.PathLike) -> Reference:
   """ADM reference batch (`mu`, `sigma`, optional `arr_0`) or a folder of reference images."""
-  if os.path.isdir(path):
+  if paths.path(path).is_dir():
     return Reference(None, None, FolderImages(path))
   _check_npz(path)
-  with np.load(path) as f:
+  with paths.path(path).open("rb") as raw, np.load(raw) as f:
     if "mu" not in f.files or "sigma" not in f.files:
       raise UserError(f"{os.fspath(path)!r} has no 'mu' and 'sigma' reference statistics "
                        f"(found {', '.join(f.files) or 'nothing'})")

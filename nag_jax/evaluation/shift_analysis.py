@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from nag_jax import checkpoints, process
+from nag_jax import checkpoints, paths, process
 from nag_jax.checkpoints import model_dir
 from nag_jax.data.pipeline import record_transforms
 from nag_jax.evaluation import noise_shift as ns
@@ -48,6 +48,8 @@ def data_source(spec: str, image_size: int, data_dir: str = "", split: str = "tr
   kind, _, arg = spec.partition(":")
   if kind not in DATA_KINDS or (kind != "digits") != bool(arg):
     raise UserError(f"--data must be digits, folder:PATH, tfds:NAME or latents:PATH, got {spec!r}")
+  if kind in ("folder", "latents"):
+    paths.local_only(arg, "--data")
   data_config = ml_collections.ConfigDict(dict(kind=kind, path=arg, tfds_name=arg, data_dir=data_dir,
                                                split=split, image_size=image_size))
   return create_source(data_config)

@@ -130,9 +130,7 @@ def _check_consistency(p: list, c: ml_collections.ConfigDict, model: ModelConfig
   if c.data.kind in ("folder", "latents") and not c.data.path:
     p.append(f"data.path must name the {c.data.kind} folder")
   elif c.data.kind in ("folder", "latents") and paths.is_cloud(c.data.path):
-    p.append(f"data.path {c.data.path} is in cloud storage, which the {c.data.kind} reader cannot open (array_record "
-             "and image folders read local files): copy it to local disk, or mount the bucket (gcsfuse) and "
-             "give the mounted path")
+    p.append(f"data.path {c.data.path} is in cloud storage, which {paths.LOCAL_DATA_HINT}")
   if c.data.kind == "tfds" and not c.data.tfds_name:
     p.append("data.tfds_name must name a TFDS dataset")
   if c.data.kind != "latents" and c.data.image_size != model.input_size:
