@@ -12,6 +12,7 @@ cloud folders in place and mark them complete last (see `nag_jax.destination`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import shutil
@@ -64,6 +65,21 @@ def local_copy(p: PathLike) -> Iterator[pathlib.Path]:
     with source.open("rb") as src, open(local, "wb") as dst:
       shutil.copyfileobj(src, dst, length=16 * 2**20)
     yield local
+
+
+def check_sha256(p: PathLike, expected: str, what: str) -> None:
+  """Raises UserError unless file `p`'s SHA-256 starts with `expected` (the full 64 hex digits, or a prefix of at
+  least 8, like the `-6726825d` in the name of pytorch-fid's Inception weights). Streams the file."""
+  expected = expected.strip().lower()
+  if not 8 <= len(expected) <= 64 or any(c not in "0123456789abcdef" for c in expected):
+    raise UserError(f"--sha256 must be 8 to 64 hexadecimal digits, got {expected!r}")
+  digest = hashlib.sha256()
+  with path(p).open("rb") as f:
+    for block in iter(lambda: f.read(16 * 2**20), b""):
+      digest.update(block)
+  if not digest.hexdigest().startswith(expected):
+    raise UserError(f"{what} {os.fspath(p)} has SHA-256 {digest.hexdigest()}, not the expected {expected}: a "
+                    "different or damaged download")
 
 
 def check_bucket(p: PathLike) -> None:

@@ -43,7 +43,8 @@ def protocol(c, sampler_cfg, guidance, model_cfg) -> dict:
   num_samples, the mesh and the output options do not change the samples and are left out.
   """
   return {"checkpoint": model_dir.identity(c.checkpoint), "vae": model_dir.identity(c.vae) if c.vae else "",
-          "estimator": model_dir.identity(c.estimator) if c.estimator else "", "pixel_space": bool(c.pixel_space),
+          "estimator": model_dir.identity(c.estimator) if c.estimator else "",
+          "parent": model_dir.identity(c.parent) if c.parent else "", "pixel_space": bool(c.pixel_space),
           "seed": c.seed, "labels": str(c.labels), "batch_size": c.batch_size, "dtype": c.dtype,
           "image_size": model_cfg.input_size, "num_classes": model_cfg.num_classes,
           "sampler": dataclasses.asdict(sampler_cfg), "guidance": dataclasses.asdict(guidance)}
@@ -82,8 +83,13 @@ def run(c) -> epath.Path:
   estimator, estimator_params = None, None
   if c.estimator:
     estimator, estimator_params = model_dir.load_estimator(c.estimator)
+  parent_cfg, parent_params, parent_shardings = None, None, None
+  if c.parent:
+    parent_shardings = model_dir.param_shardings(model_dir.read_config(c.parent), mesh)
+    _, parent_params, parent_cfg = checkpoints.load(c.parent, dtype=c.dtype, shardings=parent_shardings)
   sample = shard_sampler(build_sampler(model_cfg, sampler_cfg, guidance, decode=decode, estimator=estimator,
-                                      jit=False), mesh, shardings)
+                                      parent_config=parent_cfg, jit=False), mesh, shardings,
+                         parent_shardings=parent_shardings)
   writer.prepare(c.out_dir, spec, overwrite=c.overwrite, write=False)  # every process checks ...
   multihost_utils.sync_global_devices("nag_jax.sample: protocol checked")
   if jax.process_index() == 0:  # ... before the first one clears or records anything
@@ -100,7 +106,7 @@ def run(c) -> epath.Path:
         continue  # every process sees the same parts (one shared out_dir), so all skip or none
       labels = batch_labels(c, key_labels, b, model_cfg.num_classes)
       out = sample(params, jax.random.fold_in(key_samples, b), jax.device_put(labels, sharding),
-                   decoder_params, estimator_params=estimator_params)
+                   decoder_params, parent_params=parent_params, estimator_params=estimator_params)
       images = out["images"] if decode is not None else out["latents"]
       for rows, data in multihost.owned_shards(images):  # each row once in the whole run
         writer.write_part(out_dir, b, b * c.batch_size + (rows.start or 0), tag, data, labels[rows])

@@ -144,3 +144,20 @@ def test_nonstandard_width_needs_heads_and_dst_is_protected(tiny_sd, tmp_path, c
   expect_error(capsys, export.main(["--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x.pt")]),
                "config.json is missing")
   assert not pathlib.Path(tmp_path / "x.pt").exists()
+
+
+def test_sha256_is_checked_before_anything_is_read(fixtures_dir, tmp_path, capsys):
+  import hashlib  # pylint: disable=import-outside-toplevel
+  src = fixtures_dir / "dit_official" / "model.pt"
+  digest = hashlib.sha256(src.read_bytes()).hexdigest()  # the independent reference: hashlib over the bytes
+  base = ["--src", str(src), "--family", "dit", "--num-heads", "4"]
+  assert convert.main(base + ["--dst", str(tmp_path / "full"), "--sha256", digest]) == 0
+  assert convert.main(base + ["--dst", str(tmp_path / "prefix"), "--sha256", digest[:8].upper()]) == 0
+  capsys.readouterr()
+  wrong = ("0" if digest[0] != "0" else "1") + digest[1:]
+  assert convert.main(base + ["--dst", str(tmp_path / "bad"), "--sha256", wrong]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and f"has SHA-256 {digest}, not the expected {wrong}" in err[0]
+  assert convert.main(base + ["--dst", str(tmp_path / "bad"), "--sha256", "abc"]) == 2
+  assert "8 to 64 hexadecimal digits" in capsys.readouterr().err
+  assert not (tmp_path / "bad").exists()

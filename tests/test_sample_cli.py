@@ -120,3 +120,19 @@ def test_the_pseudo_level_stored_with_a_model_is_the_default(tiny_dirs, tmp_path
         None if name == "default" else 1.5)
   np.testing.assert_array_equal(runs["stored"], runs["given"])
   assert np.abs(runs["stored"] - runs["default"]).max() > 1e-3  # the pseudo level changes the NAG branch
+
+
+def test_domain_guidance_takes_the_parent_model_from_the_cli(tiny_dirs, tmp_path):
+  """--config.parent feeds Domain Guidance's pre-trained model: with the model itself as its parent, DoG's
+  (w + 1) s(x|c) - w s_parent(x) is CFG with the same weight (the same network's unconditional branch)."""
+  c = config(tiny_dirs, tmp_path, "dit", preset="none")
+  c.guidance.update(dict(dog_scale=1.5, cfg_channels=None))
+  with pytest.raises(ValueError, match="needs --config.parent"):
+    sample.run(c)
+  c.parent = c.checkpoint
+  dog = np.load(pathlib.Path(sample.run(c)) / "latents.npz")["latents"]
+  c = config(tiny_dirs, tmp_path / "cfg", "dit", preset="none")
+  c.guidance.update(dict(cfg_scale=1.5, cfg_channels=None))
+  cfg = np.load(pathlib.Path(sample.run(c)) / "latents.npz")["latents"]
+  assert dog.std() > 0.05
+  np.testing.assert_allclose(dog, cfg, atol=2e-5)

@@ -23,6 +23,8 @@ def default_sample_config(family: str, preset: str = "nag") -> ml_collections.Co
   c.checkpoint = ""            # converted model directory (python -m nag_jax.convert)
   c.vae = ""                   # converted SD-VAE directory; "" writes latents (or pixels, below)
   c.estimator = ""             # g_phi directory, needed only by classifier-based NAG
+  c.parent = ""                # converted model directory of the second model: the pre-trained model of Domain
+                               # Guidance (guidance.dog_scale), or the weaker model of autoguidance
   c.pixel_space = False        # the model works on images in [-1, 1] directly (the demo's digits)
   c.out_dir = "samples"
   c.overwrite = False          # True: clear out_dir's samples and start afresh (else resume the same protocol)
@@ -59,6 +61,10 @@ def check(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"--config.grid_size must be an integer >= 0, got {c.grid_size!r}")
   if not c.out_dir:
     raise UserError("--config.out_dir must name a folder")
+  needs_parent = [k for k in ("dog_scale", "autoguidance_scale") if c.guidance[k] > 1]
+  if needs_parent and not c.parent:
+    raise UserError(f"--config.guidance.{needs_parent[0]} > 1 needs --config.parent (a converted model directory: the "
+                    "pre-trained model for Domain Guidance, the weaker model for autoguidance)")
   if c.labels:
     parse_labels(c.labels)
 
