@@ -90,9 +90,8 @@ def report(args: argparse.Namespace) -> dict:
   return out
 
 
-@cli.entry_point
-def main(argv: list[str] | None = None) -> int:
-  """The command: prints the report; an expected failure is one `error:` line and code 2."""
+def parse_args(argv: list[str] | None = None):
+  """The command line (see the module docstring); a bad flag raises UserError."""
   parser = cli.ArgumentParser(prog="python -m nag_jax.dry_run", description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default="DiT-XL/2", help="registry name, e.g. DiT-XL/2 or SiT-B/4")
   parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices (0: this machine's)")
@@ -105,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--remat", action="store_true", help="activation checkpointing of every block")
   parser.add_argument("--depth", type=int, default=0, help="override the model's blocks (quicker compile)")
   parser.add_argument("--no-compile", action="store_true", help="only the per-device bytes (fast)")
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+@cli.entry_point
+def main(argv: list[str] | None = None) -> int:
+  """The command: prints the report; an expected failure is one `error:` line and code 2."""
+  args = parse_args(argv)
   for name in ("batch", "accumulation_steps", "image_size"):
     if getattr(args, name) < 1:
       raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")

@@ -29,7 +29,7 @@ from nag_jax.evaluation.features import extract_features
 from nag_jax.evaluation.inception import RESIZE_MODES, adm_logits
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = cli.ArgumentParser(prog="python -m nag_jax.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--samples", required=True, help="ADM .npz (arr_0 uint8 NHWC) or image folder")
   p.add_argument("--reference", required=True,
@@ -166,7 +166,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 @cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
   """The command: an expected failure is one `error:` line and code 2."""
-  args = _parse(argv)
+  args = parse_args(argv)
   multihost.start()  # before any other JAX call
   evaluate(args)
   return 0

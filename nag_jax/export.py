@@ -31,14 +31,19 @@ def export(src: paths.PathLike, dst: paths.PathLike, *, overwrite: bool = False)
   return config
 
 
-@cli.entry_point
-def main(argv=None) -> int:
-  """Exports --src to --dst; an expected failure is one `error:` line and code 2, --dst untouched."""
+def parse_args(argv=None):
+  """The command line (see the module docstring); a bad flag raises UserError."""
   p = cli.ArgumentParser(prog="python -m nag_jax.export", description=__doc__.splitlines()[0])
   p.add_argument("--src", required=True, help="converted model directory")
   p.add_argument("--dst", required=True, help="output .pt/.pth or .safetensors file")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --dst file")
-  args = p.parse_args(argv)
+  return p.parse_args(argv)
+
+
+@cli.entry_point
+def main(argv=None) -> int:
+  """Exports --src to --dst; an expected failure is one `error:` line and code 2, --dst untouched."""
+  args = parse_args(argv)
   config = export(args.src, args.dst, overwrite=args.overwrite)
   print(f"exported {args.src} -> {args.dst} ({config.family}, {config.depth} blocks, width {config.hidden_size})")
   return 0

@@ -56,10 +56,15 @@ def tiny_sample() -> tuple[np.ndarray, float]:
   return latents, time.perf_counter() - start
 
 
+def parse_args(argv: Sequence[str] | None = None):
+  """The command line: no options but --verbose."""
+  return cli.ArgumentParser(prog="python -m nag_jax.selftest", description=__doc__.splitlines()[0]).parse_args(argv)
+
+
 @cli.entry_point
 def main(argv: Sequence[str] | None = None) -> int:
   """The command; an expected failure is one `error:` line and code 2."""
-  cli.ArgumentParser(prog="python -m nag_jax.selftest", description=__doc__.splitlines()[0]).parse_args(argv)
+  parse_args(argv)
   multihost.start()
   print("versions: " + ", ".join(f"{d} {_version(d)}" for d in STACK))
   devices = jax.devices()
