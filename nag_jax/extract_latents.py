@@ -114,6 +114,7 @@ def extract(args: argparse.Namespace) -> pathlib.Path:
   module, params, config = vae_convert.load_vae(args.vae)
   staging = dst.parent / f".{dst.name}.partial"
   spec = protocol(args, source, model_dir.identity(args.vae))
+  multihost.check_shared(dst.parent, "the folder of --dst")
   prepare_staging(staging, spec, args.overwrite, write=False)  # every process checks ...
   multihost_utils.sync_global_devices("nag_jax.extract_latents: checked")
   if multihost.is_primary():  # ... before process 0 clears or records anything

@@ -90,6 +90,7 @@ def run(c) -> epath.Path:
   sample = shard_sampler(build_sampler(model_cfg, sampler_cfg, guidance, decode=decode, estimator=estimator,
                                       parent_config=parent_cfg, jit=False), mesh, shardings,
                          parent_shardings=parent_shardings)
+  multihost.check_shared(c.out_dir, "--config.out_dir")
   writer.prepare(c.out_dir, spec, overwrite=c.overwrite, write=False)  # every process checks ...
   multihost_utils.sync_global_devices("nag_jax.sample: protocol checked")
   if jax.process_index() == 0:  # ... before the first one clears or records anything

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from nag_jax.errors import UserError
@@ -105,6 +106,38 @@ def start(environ: Mapping[str, str] = os.environ) -> None:
   environment names (`initialize`) and makes random numbers independent of how arrays are sharded."""
   initialize(environ)
   jax.config.update("jax_threefry_partitionable", True)
+
+
+def check_shared(folder, what: str) -> None:
+  """Refuses, on every process and in one line, a local `folder` the processes of a multi-process run do not share.
+
+  Process 0 writes a marker with a token all processes agree on; every process looks for it. Several hosts
+  with a local (non-shared) workdir would otherwise each write their own half of the checkpoints. Cloud paths
+  are shared by construction; one process needs no check.
+  """
+  from nag_jax import paths  # pylint: disable=import-outside-toplevel  (paths sets EPATH_USE_TF on import)
+  if jax.process_count() == 1 or paths.is_cloud(folder):
+    return
+  folder = paths.path(folder)
+  token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(1, 2**30))))
+  marker = folder / f".nag_jax_shared_check_{token}"
+  created = False
+  if is_primary():
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(token))
+  multihost_utils.sync_global_devices(f"nag_jax shared check {token}: written")
+  seen = marker.exists() and marker.read_text() == str(token)
+  everyone = np.asarray(multihost_utils.process_allgather(np.asarray(seen)))
+  if is_primary():
+    marker.unlink()
+    if created and not any(folder.iterdir()):
+      folder.rmdir()
+  multihost_utils.sync_global_devices(f"nag_jax shared check {token}: done")
+  if not everyone.all():
+    blind = [int(i) for i in np.flatnonzero(~everyone.astype(bool))]
+    raise UserError(f"{what} {folder} is not shared by the {jax.process_count()} processes (process {blind[0]} "
+                    "cannot see what process 0 writes there): use a filesystem every host mounts, or gs://")
 
 
 def is_primary() -> bool:

@@ -16,7 +16,7 @@ from nag_jax import paths
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.vae_convert import load_vae
 from nag_jax.errors import NonFiniteError
-from nag_jax.sharding import make_mesh
+from nag_jax.sharding import make_mesh, multihost
 from nag_jax.training import checkpointing, config_validation, init_state, input_pipeline, run_control, samples
 from nag_jax.training.objectives import create_objective
 from nag_jax.training.train_state import TrainState
@@ -53,12 +53,13 @@ def train(config: ml_collections.ConfigDict, workdir: paths.PathLike, *, writer:
   step), so a run killed at any moment continues exactly, on any number of processes. After a SIGTERM it
   saves and raises `run_control.Preempted`. `writer` is a clu `MetricWriter` (scalars, sample grids);
   `progress(step)` is called after every step. `validated` says the caller has run
-  `config_validation.validate` already (it reads the init_from and VAE folders: once is enough).
+  `config_validation.validate` and checked the workdir (bucket, shared by the processes) already.
   """
+  workdir = paths.path(workdir)
   if not validated:
     config_validation.validate(config)
-  workdir = paths.path(workdir)
-  paths.check_bucket(workdir)
+    paths.check_bucket(workdir)
+    multihost.check_shared(workdir, "--workdir")
   mesh = make_mesh(config.mesh.to_dict())
   source = input_pipeline.create_source(config.data)
   model_config = config_validation.model_config_of(config, source.num_classes)

@@ -8,6 +8,7 @@ import ml_collections
 from clu import metric_writers, periodic_actions
 
 from nag_jax import paths
+from nag_jax.sharding import multihost
 from nag_jax.training import checkpointing, config_validation, loop
 from nag_jax.training.train_state import TrainState
 
@@ -30,6 +31,7 @@ def train_with_logging(config: ml_collections.ConfigDict, workdir: paths.PathLik
   config_validation.validate(config)  # before the writer creates anything in workdir
   workdir = paths.path(workdir)
   paths.check_bucket(workdir)
+  multihost.check_shared(workdir, "--workdir")  # before anything is written there
   checkpointing.check_run_config(workdir, config, write=False)  # a resume with another model: refused here
   writer = metric_writers.create_default_writer(
       os.fspath(workdir), just_logging=jax.process_index() > 0 or not config.tensorboard)
