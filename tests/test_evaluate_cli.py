@@ -71,6 +71,7 @@ def test_cli_end_to_end(files, capsys):
   assert "fid" in printed and "precision" in printed
   metrics = json.loads(out.read_text())
   assert metrics["protocol"]["num_samples"] == 6 and metrics["protocol"]["resize"] == "pytorch_fid"
+  assert "pytorch-fid's resizing (the default)" in metrics["protocol"]["resize_reason"]
 
   # The same metrics from one unbatched, unsharded forward of the network on all 13 images.
   variables, model = files["variables"], InceptionV3()
@@ -163,20 +164,28 @@ def test_reference_without_images_keeps_statistics(files, capsys):
                 "--recompute-reference-stats needs reference images")
 
 
-def test_adm_reference_batch_defaults_to_adm_resizing_and_refuses_pytorch_fid(files, capsys):
-  """An ADM reference batch (mu_s/sigma_s beside mu/sigma) was made with ADM's TF1 resizing: that is the default,
-  pytorch-fid's is refused against its statistics, and allowed when both sides are recomputed with it."""
+def test_adm_reference_batch_defaults_to_adm_resizing_and_refuses_pytorch_fid(files, capsys, monkeypatch):
+  """An ADM reference batch (mu_s/sigma_s beside mu/sigma) was made with ADM's TF1 resizing: the CLI builds its
+  Inception with that resizing by default, refuses pytorch-fid's against the file's statistics, and allows it when
+  both sides are recomputed. (The numerics of both resizings are tests/test_inception.py's.)"""
   adm = files["dir"] / "adm_ref.npz"
   np.savez(adm, arr_0=files["ref_images"], mu=files["mu"], sigma=files["sigma"], mu_s=files["mu"][:16],
            sigma_s=files["sigma"][:16, :16])
-  out = files["dir"] / "adm_metrics.json"
-  with pytest.warns(UserWarning):
-    assert evaluate.main(_argv(files, reference=str(adm), out=str(out))) == 0
-  protocol = json.loads(out.read_text())["protocol"]
-  assert protocol["resize"] == "tf1" and "ADM reference batch" in protocol["resize_reason"]
-  assert "resize=tf1" in capsys.readouterr().out
-  code = evaluate.main(_argv(files, reference=str(adm), resize="pytorch_fid"))
-  _expect_error(capsys, code, "--resize pytorch_fid against an ADM reference batch")
-  with pytest.warns(UserWarning):
-    assert evaluate.main(_argv(files, reference=str(adm), resize="pytorch_fid") + ["--recompute-reference-stats"]) == 0
-  assert "resize=pytorch_fid" in capsys.readouterr().out  # (a plain reference's default: test_cli_end_to_end)
+  asked = []
+
+  def load_inception(path, resize):  # records what the command asks for, then stops before the compile
+    asked.append(resize)
+    raise evaluate.UserError("stopped after choosing the resizing")
+
+  monkeypatch.setattr(evaluate.inception_convert, "load_inception", load_inception)
+  for extra, want in (([], "tf1"), (["--resize", "tf1"], "tf1"), (["--recompute-reference-stats"], "pytorch_fid"),
+                      (["--resize", "pytorch_fid", "--recompute-reference-stats"], "pytorch_fid")):
+    _expect_error(capsys, evaluate.main(_argv(files, reference=str(adm)) + extra), "stopped after choosing")
+    assert asked.pop() == want, extra
+  _expect_error(capsys, evaluate.main(_argv(files, reference=str(adm), resize="pytorch_fid")),
+                "--resize pytorch_fid against an ADM reference batch")
+  assert not asked  # refused before any weights were read
+  _expect_error(capsys, evaluate.main(_argv(files)), "stopped after choosing")  # a plain mu/sigma file
+  assert asked.pop() == "pytorch_fid"
+  ref = sample_io.open_reference(str(adm))
+  assert ref.adm and evaluate.choose_resize(None, ref, False)[1].startswith("ADM reference batch")

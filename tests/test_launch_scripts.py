@@ -221,3 +221,20 @@ def test_slurm_tasks_join_explicitly_with_every_gpu_they_see(tmp_path, per, task
       assert args["local_device_ids"] == [0]
     else:  # one process per node drives all four
       assert t["cuda"] == node_gpus and args["local_device_ids"] == [0, 1, 2, 3]
+
+
+def test_tpu_pod_relaunch_recreates_a_preempted_slice_until_the_run_completes(fake_cloud):
+  """RELAUNCH=1: the first job's slice is preempted under it (the fake job marks the slice PREEMPTED and its
+  worker wrapper dies, as a VM that goes away); the launcher deletes and recreates the slice, reinstalls, starts
+  the same job again, and exits with the job's code once worker 0 reports it."""
+  _write(fake_cloud / "workerbin" / "python",
+         '#!/usr/bin/env bash\nif [ ! -f "$HOME/ran_once" ]; then touch "$HOME/ran_once"; '
+         'echo -n PREEMPTED > "$FAKE_ROOT/state"; kill -9 $PPID; exit 1; fi\nexit 0\n')
+  out = tpu_pod(fake_cloud, "python", "-m", "nag_jax.main", ACCELERATOR="v5litepod-16", SPOT="1", RELAUNCH="1",
+                POLL_SECONDS="1")
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "was preempted; recreating it and resuming job-1" in out.stdout and "job-1 ended with code 0" in out.stdout
+  verbs = [c[3] for c in gcloud_calls(fake_cloud) if c[:3] == ["compute", "tpus", "tpu-vm"] and c[3] != "describe"]
+  assert verbs.count("create") == 2 and verbs.count("delete") == 1
+  creates = [c for c in gcloud_calls(fake_cloud) if c[3] == "create"]
+  assert all("--spot" in c and c[c.index("--version") + 1] == "v2-alpha-tpuv5-lite" for c in creates)

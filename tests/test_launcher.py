@@ -239,7 +239,7 @@ def test_two_processes_sample_like_one_and_a_killed_run_resumes(tiny_model, tmp_
 
 @pytest.fixture(scope="module")
 def images_and_vae(tmp_path_factory):
-  """192 images in 3 class folders and a tiny VAE."""
+  """384 images in 3 class folders and a tiny VAE."""
   import jax  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from nag_jax.checkpoints.vae_convert import save_vae  # pylint: disable=import-outside-toplevel
@@ -250,7 +250,7 @@ def images_and_vae(tmp_path_factory):
   params = jax.jit(AutoencoderKL(config).init)(jax.random.key(0), dummy_images(config))["params"]
   save_vae(root / "vae", params, config)
   rng = np.random.default_rng(0)
-  for i in range(192):
+  for i in range(384):
     folder = root / "imgs" / f"class{i % 3}"
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(folder / f"{i}.png")
@@ -259,7 +259,7 @@ def images_and_vae(tmp_path_factory):
 
 def extract_args(root: pathlib.Path, dst: pathlib.Path, batch: int) -> list[str]:
   return ["-m", "nag_jax.extract_latents", "--src", str(root / "imgs"), "--vae", str(root / "vae"), "--dst",
-          str(dst), "--image-size", "16", "--batch-size", str(batch), "--records-per-shard", "8", "--seed", "3"]
+          str(dst), "--image-size", "32", "--batch-size", str(batch), "--records-per-shard", "8", "--seed", "3"]
 
 
 def records(folder: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -273,23 +273,23 @@ def test_extract_latents_on_two_processes_killed_and_resumed_equals_one(images_a
   one = single(tmp_path / "one", extract_args(root, tmp_path / "one", batch=8))
   assert one.returncode == 0, one.stderr[-3000:]
   ref, ref_labels = records(tmp_path / "one")
-  assert ref.shape == (192, 2, 8, 8, 4) and ref.std() > 0.01
+  assert ref.shape == (384, 2, 16, 16, 4) and ref.std() > 0.01
 
   out = tmp_path / "two"
   staging = tmp_path / ".two.partial"
   launcher = launch(out, extract_args(root, out, batch=4))  # another batch size and device count too
-  wait_for_checkpoint(tmp_path, launcher, marker=".two.partial/latents-00000.array_record")
+  wait_for_checkpoint(tmp_path, launcher, marker=".two.partial/latents-00001.array_record")  # process 1's first
   os.kill(children(launcher)[1], signal.SIGKILL)
   assert finish(launcher, out) == 128 + signal.SIGKILL, logs(out)
   kept = {p.name: p.stat().st_mtime_ns for p in staging.glob("latents-*.array_record")}
-  assert 0 < len(kept) < 24 and not out.exists()
+  assert 0 < len(kept) < 48 and not out.exists()
   assert finish(launch(out, extract_args(root, out, batch=4)), out) == 0, logs(out)
   assert not staging.exists()
   two, two_labels = records(out)
   np.testing.assert_array_equal(two_labels, ref_labels)
   diff = float(np.abs(two - ref).max())
   print(f"latents, two processes (killed and resumed, batch 4) vs one (batch 8): max abs diff {diff:.2e}; "
-        f"{len(kept)} of 24 shards kept")
+        f"{len(kept)} of 48 shards kept")
   assert diff <= 1e-5
 
 
