@@ -48,13 +48,13 @@ class LatentSource:
     directory = pathlib.Path(directory)
     if not (directory / META_FILE).is_file():
       raise PathError(f"{directory} is not a latents folder (no {META_FILE}); write one with "
-                              "python -m nag_jax.extract_latents")
+                      "python -m nag_jax.extract_latents")
     self.meta = json.loads((directory / META_FILE).read_text())
     paths = [str(directory / SHARD_PATTERN.format(i)) for i in range(self.meta["num_shards"])]
     self._data = grain.sources.ArrayRecordDataSource(paths)
     if len(self._data) != self.meta["num_records"]:
       raise UserError(f"{directory} holds {len(self._data)} records, meta.json says "
-                       f"{self.meta['num_records']}")
+                      f"{self.meta['num_records']}")
     self.directory, self.num_classes = directory, self.meta["num_classes"]
 
   def __len__(self) -> int:
@@ -96,7 +96,7 @@ def write_shards(source, encode_fn: EncodeFn, directory: str | os.PathLike, shar
     raise UserError(f"write_latents needs an image source, got {source!r}")
   if batch_size <= 0 or records_per_shard <= 0:
     raise UserError(f"batch_size and records_per_shard must be positive, got {batch_size}, "
-                     f"{records_per_shard}")
+                    f"{records_per_shard}")
   directory = pathlib.Path(directory)
   todo = [s for s in shards if not shard_path(directory, s).exists()]
   total = sum(min(len(source), (s + 1) * records_per_shard) - s * records_per_shard for s in todo)

@@ -34,7 +34,7 @@ class ArraySource:
       raise UserError(f"x and y must be non-empty with the same length, got {len(x)} and {len(y)}")
     if kind == "image" and x.ndim != 4 or kind == "latent" and (x.ndim != 5 or x.shape[1] != 2):
       raise UserError(f"x of kind {kind!r} must be (N, H, W, C) for images or (N, 2, h, w, c) for "
-                       f"latents, got shape {x.shape}")
+                      f"latents, got shape {x.shape}")
     checks.check_labels(y, np.iinfo(np.int32).max if num_classes is None else num_classes, "y")
     self.x, self.y, self.kind = x, y.astype(np.int32), kind
     self.num_classes = int(y.max()) + 1 if num_classes is None else num_classes
@@ -89,7 +89,7 @@ class FolderSource:
       if len(first) > 1:
         (size_a, a), (size_b, b) = first.items()
         raise UserError(f"images in {self.root} have mixed sizes ({a}: {size_a}, {b}: {size_b}) and "
-                         "no image_size is set to center-crop them")
+                        "no image_size is set to center-crop them")
 
   def __len__(self) -> int:
     return len(self.files)
@@ -137,7 +137,7 @@ class TfdsSource:
     shape = builder.info.features[image_key].shape
     if image_size is None and None in shape[:2]:
       raise UserError(f"TFDS dataset {name!r} has images of varying sizes {shape} and no "
-                       "image_size is set to center-crop them")
+                      "image_size is set to center-crop them")
     self.num_classes = builder.info.features[label_key].num_classes
     self.name, self.split, self.image_size = name, split, image_size
     self._keys = (image_key, label_key)

@@ -70,7 +70,7 @@ def nearest_steps(levels: np.ndarray, t_values: Sequence[float]) -> np.ndarray:
   bad = [t for t in t_values if not (0 <= t <= 1 and levels.min() - 1e-9 <= t <= levels.max() + 1e-9)]
   if bad:
     raise UserError(f"t values {bad} lie outside the measured noise fractions [{levels.min():.4g}, "
-                     f"{levels.max():.4g}] (the sampler's steps after the first; 1 = noise)")
+                    f"{levels.max():.4g}] (the sampler's steps after the first; 1 = noise)")
   return np.array([int(np.argmin(np.abs(levels - t))) for t in t_values])
 
 
@@ -79,7 +79,7 @@ def kde_density(samples: np.ndarray, grid: np.ndarray) -> np.ndarray:
   samples = np.asarray(samples, np.float64)
   if samples.size < 2 or np.ptp(samples) == 0:
     raise UserError(f"a kernel density needs at least 2 distinct estimates, got {samples.size} with "
-                     f"range {np.ptp(samples) if samples.size else 0}")
+                    f"range {np.ptp(samples) if samples.size else 0}")
   return scipy.stats.gaussian_kde(samples)(grid)
 
 

@@ -25,7 +25,7 @@ def check_image_meta(shape: tuple[int, ...], dtype: np.dtype, source: str) -> No
   dtype = np.dtype(dtype)
   if dtype.kind not in "ui":
     raise UserError(f"{source}: images must be uint8 pixel values in [0, 255], got dtype {dtype} "
-                     "(quantise float images to uint8 as the samplers do)")
+                    "(quantise float images to uint8 as the samplers do)")
   if len(shape) != 4 or shape[-1] not in (1, 3) or 0 in shape:
     hint = " (looks like NCHW; transpose to NHWC)" if len(shape) == 4 and shape[1] in (1, 3) else ""
     raise UserError(f"{source}: images must be a non-empty NHWC array (N, H, W, 3), or grayscale (N, H, W, 1), "
@@ -36,7 +36,7 @@ def check_pixel_range(batch: np.ndarray, source: str) -> None:
   """Raises ValueError if integer pixel values fall outside [0, 255]."""
   if batch.dtype != np.uint8 and batch.size and (batch.min() < 0 or batch.max() > 255):
     raise UserError(f"{source}: pixel values must lie in [0, 255], "
-                     f"found [{batch.min()}, {batch.max()}]")
+                    f"found [{batch.min()}, {batch.max()}]")
 
 
 class NpzImages:
@@ -99,7 +99,7 @@ class FolderImages:
       w, h = self._size(file)
       if (w, h) != (width, height):
         raise UserError(f"{file}: size {w}x{h} differs from the folder's first image "
-                         f"{width}x{height}; resize all images to one size first")
+                        f"{width}x{height}; resize all images to one size first")
     self.shape = (len(self.files), height, width, 3)
 
   @staticmethod
@@ -161,13 +161,13 @@ def open_reference(path: str | os.PathLike) -> Reference:
   with paths.path(path).open("rb") as raw, np.load(raw) as f:
     if "mu" not in f.files or "sigma" not in f.files:
       raise UserError(f"{os.fspath(path)!r} has no 'mu' and 'sigma' reference statistics "
-                       f"(found {', '.join(f.files) or 'nothing'})")
+                      f"(found {', '.join(f.files) or 'nothing'})")
     mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
     has_images = "arr_0" in f.files
     adm = {"mu_s", "sigma_s"} <= set(f.files)
   if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
     raise UserError(f"{os.fspath(path)!r}: 'mu' must be (D,) and 'sigma' (D, D), "
-                     f"got {mu.shape} and {sigma.shape}")
+                    f"got {mu.shape} and {sigma.shape}")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
     raise UserError(f"{os.fspath(path)!r}: 'mu'/'sigma' contain NaN or inf")
   check_covariance(sigma, f"{os.fspath(path)!r}: 'sigma'")

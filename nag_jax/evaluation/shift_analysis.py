@@ -98,7 +98,7 @@ def measure(model: str | pathlib.Path, estimator: str | pathlib.Path, data: str,
   e = g_phi.config
   if (e.family, e.input_size, e.in_channels) != (config.family, config.input_size, config.in_channels):
     raise UserError(f"the estimator takes {e.family} inputs of {e.input_size}x{e.input_size}x{e.in_channels}, "
-                     f"the model {config.family} {config.input_size}x{config.input_size}x{config.in_channels}")
+                    f"the model {config.family} {config.input_size}x{config.input_size}x{config.in_channels}")
   pseudo = model_dir.read_pseudo_level(str(model))  # None: the family default
   guidances = {s: dataclasses.replace(guidance_of(s, strengths), pseudo_level=pseudo) for s in settings}
   sampler_config = SamplerConfig(method=sampler or process.family_process(config.family).sampler_methods[0],

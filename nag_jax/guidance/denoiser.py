@@ -56,12 +56,12 @@ def make_denoise(model: Branched, labels: jax.Array, g: GuidanceConfig, active: 
   branches = branch_inputs(g, active)
   if "nag" in active and g.pseudo_level is None:
     raise UserError("nag_scale > 0 needs g.pseudo_level (the pipeline sets the family default: "
-                     "process.pseudo_level(None))")
+                    "process.pseudo_level(None))")
   if "dog" in active and parent is None:
     raise UserError("dog_scale > 1 needs the pre-trained parent model (Domain Guidance)")
   if active & {"classifier_nag", "time_shift"} and process is None:
     raise UserError(f"{sorted(active & {'classifier_nag', 'time_shift'})} needs the model's forward "
-                     "process (process=nag_jax.process.create(family))")
+                    "process (process=nag_jax.process.create(family))")
   if "autoguidance" in active and parent is None:
     raise UserError("autoguidance_scale > 1 needs the weaker model (parent) as the bad branch")
   if "tsg" in active and process is None:

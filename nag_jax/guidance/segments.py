@@ -30,7 +30,7 @@ class Stateful:
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
     raise UserError("this denoiser carries a state across steps (APG momentum); this sampler cannot "
-                     "carry it (use a fixed-grid sampler)")
+                    "carry it (use a fixed-grid sampler)")
 
 
 def state_cell(segments: Sequence[Segment], x: jax.Array) -> list | None:
@@ -79,7 +79,7 @@ def as_segments(denoise: DenoiseSpec, num_steps: int) -> list[Segment]:
     start, stop, fn = int(seg[0]), int(seg[1]), seg[2]
     if start != expected or stop <= start:
       raise UserError(f"segments must cover steps 0..{num_steps - 1} in order without gaps; "
-                       f"got ({start}, {stop}) where ({expected}, >{expected}) was expected")
+                      f"got ({start}, {stop}) where ({expected}, >{expected}) was expected")
     segments.append((start, stop, fn))
     expected = stop
   if expected != num_steps:

@@ -130,7 +130,7 @@ class Backbone(nn.Module):
     b, h, w, _ = x.shape
     if (h, w) != (cfg.input_size, cfg.input_size) or x.shape[-1] != cfg.in_channels:
       raise UserError(f"expected x of shape (B, {cfg.input_size}, {cfg.input_size}, {cfg.in_channels}) "
-                       f"(NHWC), got {x.shape}")
+                      f"(NHWC), got {x.shape}")
     tokens = self.x_embedder(x.astype(cfg.compute_dtype)).reshape(b, -1, cfg.hidden_size).astype(jnp.float32)
     tokens = tokens + jnp.asarray(sincos_2d(cfg.hidden_size, cfg.input_size // cfg.patch_size))[None]
     c = self.t_embedder(t) + self.y_embedder(y)

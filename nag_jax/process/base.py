@@ -77,5 +77,5 @@ class Process(abc.ABC):
     lo, hi = self.time_range
     if lo <= level <= hi:
       raise UserError(f"pseudo_level {level} lies inside the trained range {(lo, hi)} of {self.family} timesteps; "
-                       "the noise-unconditional branch needs a level outside it (1001 for DiT, 1.001 for SiT)")
+                      "the noise-unconditional branch needs a level outside it (1001 for DiT, 1.001 for SiT)")
     return level

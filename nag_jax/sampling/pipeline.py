@@ -66,7 +66,7 @@ class SamplerConfig:
       raise UserError(f"row_chunk must be an integer >= 0, got {self.row_chunk!r}")
     if self.row_chunk and jax.device_count() > 1:
       raise UserError(f"row_chunk {self.row_chunk} needs a single device (here {jax.device_count()}); "
-                       "with a mesh each device runs its own rows: use row_chunk 0")
+                      "with a mesh each device runs its own rows: use row_chunk 0")
 
 
 def rows_per_pass(config: ModelConfig, row_chunk: int) -> int | None:

@@ -179,7 +179,7 @@ def process_rows(mesh: Mesh, global_batch: int) -> slice:
   start, stop = blocks[0][0], blocks[-1][1]
   if sum(b - a for a, b in blocks) != stop - start:
     raise UserError(f"the batch rows of process {jax.process_index()} are not contiguous ({blocks}); "
-                     "order the mesh so that each process holds one block of the data axes")
+                    "order the mesh so that each process holds one block of the data axes")
   return slice(start, stop)
 
 

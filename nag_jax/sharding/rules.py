@@ -98,7 +98,7 @@ def check_batch(mesh: Mesh, batch: int) -> None:
   devices = batch_devices(mesh.shape)
   if batch % devices:
     raise UserError(f"batch {batch} is not divisible by the {devices} devices of the batch axes {axes} of "
-                     f"mesh {dict(mesh.shape)}")
+                    f"mesh {dict(mesh.shape)}")
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

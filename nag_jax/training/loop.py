@@ -31,7 +31,7 @@ def check_finite(pending: list[tuple[int, dict]]) -> None:
     bad = {k: float(m[k]) for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(m[k])}
     if bad:
       raise NonFiniteError(f"non-finite {bad} at step {step}; training stopped (checkpoints are only "
-                               "written after a check, so the last one is intact)")
+                           "written after a check, so the last one is intact)")
 
 
 def flush_metrics(writer: Any, pending: list[tuple[int, dict]]) -> None:
