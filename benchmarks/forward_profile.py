@@ -24,7 +24,7 @@ from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model
 from nag_jax.checkpoints.dit_convert import torch_to_flax
 from nag_jax.models import DiT, get_model_config
 from nag_jax.models.dit import attention
-from nag_jax.models.layers import dot_compiler_options
+from nag_jax.platform import dot_compiler_options
 
 
 def cases(name: str, rows: int, dtype: str, attentions: list[str]) -> dict[tuple[str, str], tuple]:

@@ -19,7 +19,7 @@ from nag_jax.diffusion.gaussian_diffusion import create_diffusion, p_sample
 from nag_jax.guidance import GuidanceConfig, combine
 from nag_jax.guidance.denoiser import branch_inputs
 from nag_jax.models import DiT, get_model_config, init_params
-from nag_jax.models.layers import dot_compiler_options
+from nag_jax.platform import dot_compiler_options
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 
 MODES = {"none": GuidanceConfig(), "cfg": GuidanceConfig(cfg_scale=1.5),

@@ -34,7 +34,8 @@ from benchmarks.common import alternated, round_order
 from benchmarks.vs_torch import matmul_rate_fn, matmul_shapes, torch_model, wall_time
 from nag_jax.models import ModelConfig, get_model_config
 from nag_jax.models.dit import attention
-from nag_jax.models.layers import XLA_DEFAULT_YNN, dot_compiler_options, mixed_einsum
+from nag_jax.models.layers import mixed_einsum
+from nag_jax.platform import XLA_DEFAULT_YNN, dot_compiler_options
 from nag_jax.sharding import make_mesh
 from nag_jax.training import create_objective, get_base_config, jit_train_step, model_fields
 from nag_jax.training.config_validation import model_config_of

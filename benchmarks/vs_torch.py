@@ -33,7 +33,7 @@ from nag_jax.checkpoints.dit_convert import torch_to_flax
 from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models import DiT, ModelConfig, get_model_config
-from nag_jax.models.layers import dot_compiler_options
+from nag_jax.platform import dot_compiler_options
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler, rows_per_pass
 from tests.reference.official_dit import DiT as TorchDiT
 

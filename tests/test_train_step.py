@@ -12,8 +12,8 @@ import pytest
 
 from nag_jax import diffusion
 from nag_jax.models import DiT, ModelConfig, init_params
-from nag_jax.models.layers import (EIGEN_MIN_TOKENS, XLA_DEFAULT_YNN, YNN_DOTS_OPTION, dot_compiler_options,
-                                   mixed_einsum)
+from nag_jax.models.layers import mixed_einsum
+from nag_jax.platform import EIGEN_MIN_TOKENS, XLA_DEFAULT_YNN, YNN_DOTS_OPTION, dot_compiler_options
 from nag_jax.sharding import make_mesh
 from nag_jax.training import (TrainState, create_objective, create_optimizer, get_base_config, jit_train_step,
                               train_step)

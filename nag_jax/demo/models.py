@@ -23,7 +23,7 @@ from nag_jax.demo.config import DemoConfig, Variant
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT
 from nag_jax.models.embeddings import timestep_embedding
-from nag_jax.models.layers import dot_compiler_options
+from nag_jax.platform import dot_compiler_options
 from nag_jax.training import checkpointing, loop
 from nag_jax.training.base_config import get_base_config
 

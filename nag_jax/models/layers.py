@@ -1,5 +1,5 @@
 """Layers of the DiT/SiT backbone: the mixed-precision dot, Dense (float32 params, dots in the compute dtype
-accumulated in float32) and the gradient fence between blocks.
+accumulated in float32) and the gradient fence between blocks (whether it is used is `nag_jax.platform`'s choice).
 
 A bfloat16 dot that returns bfloat16 (or has its bias add fused in) runs no faster than float32 on
 XLA:CPU; one with `preferred_element_type=float32` and the bias added afterwards in float32 does, and is
@@ -8,7 +8,6 @@ the usual mixed-precision recipe on GPU/TPU too.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -17,28 +16,6 @@ import jax.numpy as jnp
 
 from nag_jax.models import initializers as init
 from nag_jax.models.config import ModelConfig
-
-# XLA:CPU's choice of dot library: its default runs each dot and convolution in YNNPACK, "" leaves them to Eigen.
-YNN_DOTS_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-XLA_DEFAULT_YNN = {YNN_DOTS_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
-
-
-# Below this many tokens Eigen's batched attention dots are slower than YNNPACK's (folded core forward, 2-core
-# Xeon: 5.7x YNNPACK's time at 4 tokens, 1.8x at 16, 0.97x at 64, 0.79x at 256).
-EIGEN_MIN_TOKENS = 64
-
-
-def dot_compiler_options(config: ModelConfig) -> dict[str, str]:
-  """XLA options for a program of this model (its dtype and token count). On CPU, float32 dots go to Eigen from
-  EIGEN_MIN_TOKENS tokens on: its rate was 1.1-1.6x YNNPACK's at the dense layers' shapes
-  (benchmarks/train.py prints both); bfloat16 ones, and the few-token attention of small models, stay in YNNPACK.
-  Elsewhere, or when XLA_FLAGS sets the option itself, none."""
-  if (jax.default_backend() != "cpu" or config.compute_dtype != jnp.float32
-      or config.num_tokens < EIGEN_MIN_TOKENS
-      or YNN_DOTS_OPTION in os.environ.get("XLA_FLAGS", "")):
-    return {}
-  return {YNN_DOTS_OPTION: ""}
-
 
 def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
   """Two-operand einsum (every index in two of a, b, out) on operands cast to `dtype`, accumulated and returned in
@@ -112,10 +89,14 @@ def cotangent_fence(tree):
   return tree
 
 
+FENCE_SCOPE = "grad_fence"  # the named scope of the fence's conditional (find it in a compiled program)
+
+
 def _fence_backward(_, cotangent):
   # A data-dependent predicate, so the cond is not folded away; both branches return the cotangent unchanged.
-  pred = jnp.isnan(jnp.sum(jax.tree.leaves(cotangent)[-1]))
-  return (jax.lax.cond(pred, lambda g: jax.tree.map(lambda a: a + 0, g), lambda g: g, cotangent),)
+  with jax.named_scope(FENCE_SCOPE):
+    pred = jnp.isnan(jnp.sum(jax.tree.leaves(cotangent)[-1]))
+    return (jax.lax.cond(pred, lambda g: jax.tree.map(lambda a: a + 0, g), lambda g: g, cotangent),)
 
 
 cotangent_fence.defvjp(lambda tree: (tree, None), _fence_backward)

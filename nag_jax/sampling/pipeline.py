@@ -15,7 +15,7 @@ from nag_jax.guidance import Branched, GuidanceConfig, make_segments
 from nag_jax.guidance.classifier_nag import Estimator
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, cast_for_compute
-from nag_jax.models.layers import dot_compiler_options
+from nag_jax.platform import dot_compiler_options
 from nag_jax.models.noise_estimator import NoiseEstimator
 from nag_jax.sampling import common
 from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_levels, sample_diffusion

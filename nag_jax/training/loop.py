@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from nag_jax import paths
+from nag_jax import paths, platform
 from nag_jax.checkpoints import model_dir
 from nag_jax.checkpoints.vae_convert import load_vae
 from nag_jax.errors import NonFiniteError
@@ -64,7 +64,8 @@ def train(config: ml_collections.ConfigDict, workdir: paths.PathLike, *, writer:
   source = input_pipeline.create_source(config.data)
   model_config = config_validation.model_config_of(config, source.num_classes)
   input_pipeline.check_source(source, model_config)
-  initialize, abstract_state, schedule = init_state.state_initializer(config, model_config, mesh)
+  compiled_config = platform.resolve(model_config, mesh.devices)  # its platform-dependent choices, for the step
+  initialize, abstract_state, schedule = init_state.state_initializer(config, compiled_config, mesh)
   ck = config.checkpoint
   manager = checkpointing.create_manager(workdir / checkpointing.CHECKPOINT_DIR, every_steps=ck.every_steps,
                                          keep=ck.keep, async_save=ck.async_save)
@@ -77,7 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: paths.PathLike, *, writer:
 
   objective = create_objective(model_config, config.objective, noise_level=config.mode == "noise_estimator")
   step_fn = jit_train_step(jax.tree.map(lambda s: s.sharding, abstract_state), mesh, objective=objective,
-                           model_config=model_config,
+                           model_config=compiled_config,
                            accumulation_steps=config.optimizer.accumulation_steps, learning_rate_fn=schedule)
   sample_fn = None
   if config.sample.every_steps and writer is not None:

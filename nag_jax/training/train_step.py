@@ -10,7 +10,7 @@ import optax
 from jax.sharding import Mesh
 
 from nag_jax.models.config import ModelConfig
-from nag_jax.models.layers import dot_compiler_options
+from nag_jax.platform import dot_compiler_options
 from nag_jax.sharding import batch_sharding, replicated
 from nag_jax.training.objectives import Objective
 from nag_jax.training.train_state import TrainState
@@ -65,11 +65,11 @@ def jit_train_step(state_shardings: Any, mesh: Mesh, *, model_config: ModelConfi
                    **step_kwargs) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """`train_step` jitted with explicit shardings (state as given, batch over data x fsdp), state donated.
 
-  XLA gets the model's dot options (`dot_compiler_options` of its dtype and tokens), then `compiler_options`
-  (benchmarks/train.py uses them to compare XLA:CPU's fusion pass off).
+  XLA gets the model's dot options on the mesh's platform (`nag_jax.platform.dot_compiler_options`), then
+  `compiler_options` (benchmarks/train.py uses them to compare XLA:CPU's fusion pass off).
   """
   batch_shardings = {"x": batch_sharding(mesh, image_ndim), "y": batch_sharding(mesh, 1)}
   return jax.jit(functools.partial(train_step, **step_kwargs),
                  in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0,
-                 compiler_options={**dot_compiler_options(model_config), **(compiler_options or {})})
+                 compiler_options={**dot_compiler_options(model_config, mesh.devices), **(compiler_options or {})})

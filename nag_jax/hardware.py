@@ -1,0 +1,83 @@
+"""What the dry run needs to know about TPUs: each generation's chip, slice names, and the model's FLOPs.
+
+The chip table is Google's published per-chip figures (cloud.google.com/tpu/docs/v4, /v5e, /v5p-training, /v6e,
+read December 2026); a figure the page does not give is None, and what depends on it is not projected.
+Step times computed from these are projections (roofline bounds), not measurements.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+from nag_jax.errors import UserError
+from nag_jax.models.config import ModelConfig
+
+GB, GIB = 1e9, 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuChip:
+  """One chip of a TPU generation (per-chip figures; bandwidths in bytes/s)."""
+  generation: str
+  hbm_bytes: float
+  bf16_flops: float        # peak dense bf16 FLOP/s
+  hbm_bandwidth: float
+  ici_bandwidth: float | None  # bidirectional inter-chip interconnect
+  dcn_bandwidth: float | None  # data-centre network (multi-slice)
+  cores_per_chip: int      # Cloud accelerator-type names count TensorCores: v4-8 = 4 chips
+  torus_dims: int          # 3 for v4/v5p (AxBxC), 2 for v5e/v6e (AxB)
+
+
+CHIPS = {
+    "v4": TpuChip("v4", 32 * GIB, 275e12, 1200 * GB, None, None, cores_per_chip=2, torus_dims=3),
+    "v5e": TpuChip("v5e", 16 * GB, 197e12, 819 * GB, 400 * GB, 2 * 100e9 / 8 / 8, cores_per_chip=1, torus_dims=2),
+    "v5p": TpuChip("v5p", 95 * GIB, 459e12, 2765 * GB, 1200 * GB, 50e9 / 8, cores_per_chip=2, torus_dims=3),
+    "v6e": TpuChip("v6e", 32 * GB, 918e12, 1638 * GB, 800 * GB, None, cores_per_chip=1, torus_dims=2),
+}
+# Cloud accelerator-type prefixes -> generation (v5e slices are "v5litepod-N").
+ALIASES = {"v4": "v4", "v5e": "v5e", "v5litepod": "v5e", "v5lite": "v5e", "v5p": "v5p", "v6e": "v6e"}
+# Slice shapes by chip count, as Cloud TPU builds them.
+SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+             512: "8x8x8"}
+SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+
+
+def parse_topology(name: str) -> tuple[TpuChip, str]:
+  """(chip, JAX topology name "gen:AxBxC") of a Cloud accelerator type ("v5p-64", "v5litepod-16", "v6e-32") or a
+  JAX topology name ("v5e:2x2"); UserError for anything else."""
+  m = re.fullmatch(r"(v4|v5e|v5litepod|v5lite|v5p|v6e)[:-](\w+)", name.strip().lower())
+  if not m:
+    raise UserError(f"--topology must be cpu, a TPU type such as v5p-64, v5litepod-16, v6e-32, v4-32, or a shape such "
+                    f"as v5e:2x2, got {name!r}")
+  chip = CHIPS[ALIASES[m.group(1)]]
+  size = m.group(2)
+  if "x" in size:
+    dims = [int(d) for d in size.split("x") if d.isdigit()]
+    if len(dims) != chip.torus_dims or math.prod(dims) < 1:
+      raise UserError(f"--topology {name}: a {chip.generation} shape has {chip.torus_dims} dimensions")
+    return chip, f"{chip.generation}:{size}"
+  if not size.isdigit() or int(size) % chip.cores_per_chip:
+    raise UserError(f"--topology {name}: the number after the dash counts "
+                    f"{'TensorCores (2 per chip)' if chip.cores_per_chip == 2 else 'chips'}")
+  chips = int(size) // chip.cores_per_chip
+  shapes = SHAPES_3D if chip.torus_dims == 3 else SHAPES_2D
+  if chips not in shapes:
+    raise UserError(f"--topology {name}: {chips} chips is not a {chip.generation} slice this tool knows "
+                    f"({', '.join(str(c * chip.cores_per_chip) for c in shapes)}); give the shape, e.g. "
+                    f"{chip.generation}:{next(iter(shapes.values()))}")
+  return chip, f"{chip.generation}:{shapes[chips]}"
+
+
+def forward_flops(config: ModelConfig) -> float:
+  """FLOPs of one DiT/SiT forward of one image (2 per multiply-add): about 237 GFLOP for XL/2 at 256 px.
+
+  Per block: the qkv, output and MLP projections, the two attention products, the adaLN modulation; plus
+  the patch embedding and the final layer.
+  """
+  t, d, h = config.num_tokens, config.hidden_size, int(config.hidden_size * config.mlp_ratio)
+  patch = config.patch_size ** 2
+  block = 2 * t * d * (3 * d + d + 2 * h) + 2 * 2 * t * t * d + 2 * d * 6 * d
+  embed = 2 * t * patch * config.in_channels * d
+  final = 2 * t * d * patch * config.out_channels + 2 * d * 2 * d
+  return float(config.depth * block + embed + final)
