@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.topology == "cpu":
       env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
     else:  # only the TPU compiler is used: never look for a TPU or its metadata server
-      env.update(TPU_SKIP_MDS_QUERY="1", TPU_ACCELERATOR_TYPE=os.environ.get("TPU_ACCELERATOR_TYPE", "v5litepod-4"))
+      env["TPU_SKIP_MDS_QUERY"] = "1"
     os.execve(sys.executable, [sys.executable, "-m", "nag_jax.dry_run", *(argv or sys.argv[1:])], env)
   out = report(args)
   if args.json:
