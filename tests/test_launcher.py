@@ -8,12 +8,10 @@ at one step and stop with code 75, and one process of four devices resumes and f
 process count: the same batches and result). Sampling: the same latents as one
 process, each row written once, and a killed run resumed to the same file.
 """
-import fcntl
 import os
 import pathlib
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 
 from nag_jax import checkpoints
+from tests.session_helpers import free_port, once_per_session
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launch" / "local_multiprocess.sh"
@@ -29,12 +28,6 @@ STEPS = 24
 TRAIN = ["-m", "nag_jax.main", "--config", "configs/tiny_digits.py", f"--config.num_train_steps={STEPS}",
          "--config.checkpoint.every_steps=6", "--config.log_every_steps=2", "--config.sample.every_steps=0",
          "--config.log_batch_digests=True", "--config.checkpoint.async_save=False"]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def train_args(workdir: pathlib.Path) -> list[str]:
@@ -51,7 +44,7 @@ def single(workdir: pathlib.Path, args: list[str] | None = None) -> subprocess.C
 def launch(workdir: pathlib.Path, args: list[str] | None = None) -> subprocess.Popen:
   """Two processes of two CPU devices each, through the launcher (process 0's output to workdir.log)."""
   env = {**os.environ, "NUM_PROCESSES": "2", "DEVICES": "cpu:2", "LOG_DIR": f"{workdir}.logs",
-         "PORT": str(_free_port())}
+         "PORT": str(free_port())}
   log = open(f"{workdir}.log", "a", encoding="utf-8")  # pylint: disable=consider-using-with
   return subprocess.Popen(["bash", str(LAUNCHER), sys.executable, *(args or train_args(workdir))], cwd=REPO,
                           env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -115,11 +108,7 @@ def exported(workdir: pathlib.Path) -> dict:
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
   """The one-process run (once per session, also under xdist)."""
-  xdist = os.environ.get("PYTEST_XDIST_WORKER")
-  root = (tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()) / "launcher"
-  root.mkdir(exist_ok=True)
-  with open(root / "lock", "w", encoding="utf-8") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with once_per_session(tmp_path_factory, "launcher") as root:
     if not (root / "one" / "model").is_dir():
       out = single(root / "one")
       assert out.returncode == 0, out.stderr[-3000:]
@@ -304,7 +293,7 @@ def test_a_workdir_the_processes_do_not_share_is_refused(tmp_path):
              f'{shlex.quote(f"mount -t tmpfs none {shlex.quote(str(parent))} && exec {command}")}; '
              f'else exec {command}; fi')
   env = {**os.environ, "NUM_PROCESSES": "2", "DEVICES": "cpu:2", "LOG_DIR": str(tmp_path / "logs"),
-         "PORT": str(_free_port())}
+         "PORT": str(free_port())}
   out = subprocess.run(["bash", str(LAUNCHER), "sh", "-c", wrapper], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600, check=False)
   logs_text = out.stderr + (tmp_path / "logs" / "process_1.log").read_text()

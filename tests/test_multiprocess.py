@@ -1,10 +1,8 @@
 """Two local processes (jax.distributed over 127.0.0.1, gloo CPU collectives) train and sample a tiny SiT
 exactly as one process does: same parameters after the steps, same samples, written without collisions.
 """
-import fcntl
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -15,14 +13,9 @@ import pytest
 from nag_jax import checkpoints
 from nag_jax.sampling import writer
 from tests.multihost_worker import TAG
+from tests.session_helpers import free_port, once_per_session
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _start(out: pathlib.Path, num_processes: int, process_id: int, port: int) -> subprocess.Popen:
@@ -36,13 +29,9 @@ def _start(out: pathlib.Path, num_processes: int, process_id: int, port: int) ->
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
   """Folders of the one-process reference run and the two-process run (run once, also under xdist)."""
-  xdist = os.environ.get("PYTEST_XDIST_WORKER")
-  root = (tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()) / "multiprocess"
-  root.mkdir(exist_ok=True)
-  with open(root / "lock", "w", encoding="utf-8") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with once_per_session(tmp_path_factory, "multiprocess") as root:
     if not (root / "done").exists():
-      port = _free_port()
+      port = free_port()
       procs = {"reference": _start(root / "reference", 1, 0, port)}
       procs.update({f"process {i}": _start(root / "two", 2, i, port) for i in range(2)})
       try:
@@ -106,7 +95,7 @@ def test_local_launcher_joins_the_processes(tmp_path):
             "'of', jax.process_count())")
   launcher = pathlib.Path(__file__).parents[1] / "launch" / "local_multiprocess.sh"
   env = {**os.environ, "NUM_PROCESSES": "2", "DEVICES": "cpu:1", "LOG_DIR": str(tmp_path),
-         "PORT": str(_free_port())}
+         "PORT": str(free_port())}
   out = subprocess.run(["bash", str(launcher), sys.executable, "-c", script], env=env, capture_output=True,
                        text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:] + (tmp_path / "process_1.log").read_text()[-3000:]

@@ -20,6 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from nag_jax import paths
 from nag_jax.errors import UserError
 from nag_jax.sharding.rules import batch_sharding
 
@@ -115,7 +116,6 @@ def check_shared(folder, what: str) -> None:
   with a local (non-shared) workdir would otherwise each write their own half of the checkpoints. Cloud paths
   are shared by construction; one process needs no check.
   """
-  from nag_jax import paths  # pylint: disable=import-outside-toplevel  (paths sets EPATH_USE_TF on import)
   if jax.process_count() == 1 or paths.is_cloud(folder):
     return
   folder = paths.path(folder)
