@@ -16,12 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from nag_jax.models import vae_io
-from nag_jax.models.vae import AutoencoderKL, VAEConfig, dummy_images
+from nag_jax.models.vae import SD_VAE, AutoencoderKL, dummy_images
 
-# stabilityai/sd-vae-ft-ema (and -mse) architecture.
-SD_VAE = VAEConfig(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                   up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, norm_num_groups=32,
-                   latent_channels=4, sample_size=256, scaling_factor=0.18215)
 
 
 def bench(dtype: str, batch: int, size: int, repeats: int, params: dict) -> dict:

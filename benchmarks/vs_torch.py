@@ -34,7 +34,8 @@ from nag_jax.diffusion.gaussian_diffusion import create_diffusion
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models import DiT, ModelConfig, get_model_config
 from nag_jax.platform import dot_compiler_options
-from nag_jax.sampling.pipeline import SamplerConfig, build_sampler, rows_per_pass
+from nag_jax.platform import rows_per_pass
+from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 from tests.reference.official_dit import DiT as TorchDiT
 
 CFG_SCALE = 1.5

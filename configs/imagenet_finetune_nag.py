@@ -11,14 +11,17 @@ steps); with CFG 2.27 -> 2.14 (w_cfg 1.2, w_nag 2.0). SiT-XL/2 (`:SiT`, Euler-Ma
 8.61 -> 2.26, with CFG 2.06 -> 1.72. 50K steps at batch 256 = 10 epochs (0.7% of the pre-training);
 at the 0.84 steps/s quoted for fast-DiT on one A100 (DiT README; not measured here) about 17 hours.
 """
-from nag_jax.training.base_config import get_xl2_finetune_config
+from nag_jax.hardware import split_config_arg
+from nag_jax.training.base_config import apply_hardware, get_xl2_finetune_config
 
 
-def get_config(family: str = "DiT"):
-  """Table 4, fine-tuning: 50K steps, batch 256, lr 1e-5, noise dropout 20%, pseudo level 1001 / 1.001."""
+def get_config(arg: str = "DiT"):
+  """Table 4, fine-tuning: 50K steps, batch 256, lr 1e-5, noise dropout 20%, pseudo level 1001 / 1.001.
+  `arg`: "DiT" or "SiT", optionally ",HARDWARE" (see the table above)."""
+  family, hardware_name = split_config_arg(arg, "DiT")
   config = get_xl2_finetune_config(family)
   config.num_train_steps = 50_000
   config.objective.noise_dropout = 0.2
   config.checkpoint.every_steps = 5_000
   config.sample.every_steps = 10_000
-  return config
+  return apply_hardware(config, hardware_name)

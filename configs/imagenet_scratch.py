@@ -10,11 +10,14 @@ the figure). Without NAG, the DiT README's 400K-step check gives FID-50K 19.5 fo
 250 DDPM steps). Wall time (not measured here), XL/2: at the 0.84 steps/s the DiT README quotes for fast-DiT on one
 A100 (batch not stated), 400K steps take about 5.5 days; S/2 needs 20x fewer FLOPs (6.0 vs 118.6 GFLOPs).
 """
-from nag_jax.training.base_config import get_base_config, model_fields
+from nag_jax.hardware import split_config_arg
+from nag_jax.training.base_config import apply_hardware, get_base_config, model_fields
 
 
-def get_config(model: str = "DiT-XL/2"):
-  """Table 4, from scratch: 400K steps, batch 256, AdamW lr 1e-4 (0.9, 0.999), noise dropout 10%, EMA 0.9999."""
+def get_config(arg: str = "DiT-XL/2"):
+  """Table 4, from scratch: 400K steps, batch 256, AdamW lr 1e-4 (0.9, 0.999), noise dropout 10%, EMA 0.9999.
+  `arg`: the model, optionally ",HARDWARE" (laid out for XL/2; see the table above)."""
+  model, hardware_name = split_config_arg(arg, "DiT-XL/2")
   config = get_base_config()
   config.model = model_fields(model, image_size=256, num_classes=1000)
   config.num_train_steps = 400_000
@@ -24,4 +27,4 @@ def get_config(model: str = "DiT-XL/2"):
   config.data.kind = "latents"
   config.checkpoint.every_steps = 50_000
   config.sample.every_steps = 50_000
-  return config
+  return apply_hardware(config, hardware_name)

@@ -7,8 +7,11 @@ Presets after the colon: none | cfg (1.5) | nag (w=3.0) | nag_cfg (cfg 1.2 + w 2
 need the NAG fine-tune (configs/imagenet_finetune_nag.py:DiT) before `nag`/`nag_cfg` help: without a trained
 noise-unconditional branch the pseudo level is out of distribution.
 """
-from nag_jax.sampling.config import default_sample_config
+from nag_jax.hardware import split_config_arg
+from nag_jax.sampling.config import apply_hardware, default_sample_config
 
 
-def get_config(preset: str = "nag"):
-  return default_sample_config("dit", preset or "nag")
+def get_config(arg: str = "nag"):
+  """`arg`: the guidance preset, optionally ",HARDWARE" (see the table above)."""
+  preset, hardware_name = split_config_arg(arg, "nag")
+  return apply_hardware(default_sample_config("dit", preset), hardware_name)

@@ -191,3 +191,20 @@ def absl_main(main: Callable[[list[str]], int | None]) -> None:
     return 0
 
   sys.exit(run(start, verbose=verbose, named=named_paths(sys.argv[1:])))
+
+
+def load_config_file(spec: str):
+  """The ConfigDict of "path/to/config.py[:ARG]" (as --config of `nag_jax.main` reads it): get_config(ARG)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from nag_jax.errors import PathError  # pylint: disable=import-outside-toplevel
+  path, sep, arg = spec.partition(".py:")
+  path = pathlib.Path(path + ".py" if sep else spec)
+  if not path.is_file():
+    raise PathError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location(f"nag_jax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path} has no get_config()")
+  return module.get_config(arg) if sep else module.get_config()

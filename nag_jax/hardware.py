@@ -1,8 +1,10 @@
-"""What the dry run needs to know about TPUs: each generation's chip, slice names, and the model's FLOPs.
+"""What the dry run and the benchmarks need to know about accelerators: each TPU generation's chip, slice names,
+the GPUs' peaks, the hardware variants of the paper's runs (`SETUPS`), and the model's FLOPs.
 
-The chip table is Google's published per-chip figures (cloud.google.com/tpu/docs/v4, /v5e, /v5p-training, /v6e,
-read December 2026); a figure the page does not give is None, and what depends on it is not projected.
-Step times computed from these are projections (roofline bounds), not measurements.
+The TPU table is Google's published per-chip figures (cloud.google.com/tpu/docs/v4, /v5e, /v5p-training, /v6e,
+read December 2026); a figure the page does not give is None, and what depends on it is not projected. The GPU
+figures are NVIDIA's data sheets (dense, without sparsity). Step times computed from these are projections
+(roofline bounds), not measurements.
 """
 from __future__ import annotations
 
@@ -27,14 +29,22 @@ class TpuChip:
   dcn_bandwidth: float | None  # data-centre network (multi-slice)
   cores_per_chip: int      # Cloud accelerator-type names count TensorCores: v4-8 = 4 chips
   torus_dims: int          # 3 for v4/v5p (AxBxC), 2 for v5e/v6e (AxB)
+  chip_config: str = "default"  # libtpu's chip config: v4's "default" shows each TensorCore as a device, while
+                                # JAX on a v4 VM runs one megacore device per chip, as "megacore" does
 
 
 CHIPS = {
-    "v4": TpuChip("v4", 32 * GIB, 275e12, 1200 * GB, None, None, cores_per_chip=2, torus_dims=3),
+    "v4": TpuChip("v4", 32 * GIB, 275e12, 1200 * GB, None, None, cores_per_chip=2, torus_dims=3,
+                   chip_config="megacore"),
     "v5e": TpuChip("v5e", 16 * GB, 197e12, 819 * GB, 400 * GB, 2 * 100e9 / 8 / 8, cores_per_chip=1, torus_dims=2),
     "v5p": TpuChip("v5p", 95 * GIB, 459e12, 2765 * GB, 1200 * GB, 50e9 / 8, cores_per_chip=2, torus_dims=3),
     "v6e": TpuChip("v6e", 32 * GB, 918e12, 1638 * GB, 800 * GB, None, cores_per_chip=1, torus_dims=2),
 }
+# Dense bf16 peak FLOP/s and memory of GPUs, by device_kind substring (NVIDIA data sheets, SXM parts).
+GPUS = {"H200": (989e12, 141 * GB), "H100": (989e12, 80 * GB), "A100": (312e12, 80 * GB), "L4": (121e12, 24 * GB)}
+# device_kind of each TPU generation, as JAX reports it.
+TPU_KINDS = {"v4": "TPU v4", "v5e": "TPU v5 lite", "v5p": "TPU v5", "v6e": "TPU v6 lite"}
+
 # Cloud accelerator-type prefixes -> generation (v5e slices are "v5litepod-N").
 ALIASES = {"v4": "v4", "v5e": "v5e", "v5litepod": "v5e", "v5lite": "v5e", "v5p": "v5p", "v6e": "v6e"}
 # Slice shapes by chip count, as Cloud TPU builds them.
@@ -81,3 +91,59 @@ def forward_flops(config: ModelConfig) -> float:
   embed = 2 * t * patch * config.in_channels * d
   final = 2 * t * d * patch * config.out_channels + 2 * d * 2 * d
   return float(config.depth * block + embed + final)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Dense bf16 peak FLOP/s of a device by its `device_kind` ("TPU v5 lite", "NVIDIA H100 80GB HBM3"); None if
+  unknown."""
+  kind = device_kind.lower()
+  for generation, name in sorted(TPU_KINDS.items(), key=lambda kv: -len(kv[1])):  # "TPU v5 lite" before "TPU v5"
+    if kind.startswith(name.lower()):
+      return CHIPS[generation].bf16_flops
+  return next((flops for name, (flops, _) in GPUS.items() if name.lower() in kind), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """How the paper's XL/2 runs are laid out on one kind of hardware (`configs/*.py:...,NAME`).
+
+  Training keeps the paper's global batch 256 in bfloat16 compute (float32 params, optimizer and EMA); sampling
+  runs `sample_per_device` images per device per compiled call, data parallel (the replicated XL/2 weights are
+  1.3 GB: no per-step parameter all-gather). The figures each choice gives are in the config files' docstrings,
+  from `python -m nag_jax.dry_run --config ...` (the TPU compiler; GPU rows are not compiler-checked).
+  """
+  devices: int               # chips (TPU) or GPUs
+  train_mesh: dict           # axis sizes of the training mesh
+  sample_per_device: int     # images per device per sampler call
+  remat: bool = False
+  accumulation_steps: int = 1
+  topology: str = ""         # the TPU slice for the deviceless compile; "" for GPUs
+  why: str = ""              # the reason for the training mesh
+
+
+SETUPS = {
+    "v4-32": Setup(16, {"data": 2, "fsdp": 8}, 32, topology="v4-32",
+                   why="16 images per chip: fsdp over 8 chips, 2 data-parallel groups halve the parameter all-gathers"),
+    "v5e-64": Setup(64, {"data": 8, "fsdp": 8}, 16, topology="v5litepod-64",
+                    why="4 images per chip and 16 GB each: fsdp over 8 chips holds the optimizer state, 8 data groups"),
+    "v5p-64": Setup(32, {"data": 4, "fsdp": 8}, 32, topology="v5p-64",
+                    why="8 images per chip: fsdp over 8 chips, 4 data groups (pure fsdp=32 gathers each layer's "
+                        "parameters from 32 chips for 8 images)"),
+    "v6e-32": Setup(32, {"data": 4, "fsdp": 8}, 32, topology="v6e-32",
+                    why="8 images per chip: as v5p-64"),
+    "8xH100": Setup(8, {"data": 1, "fsdp": 8}, 32, why="one NVLink node, 32 images per GPU: fsdp over the 8 GPUs"),
+    "8xA100-80GB": Setup(8, {"data": 1, "fsdp": 8}, 32, why="as 8xH100"),
+}
+
+
+def split_config_arg(arg: str, default: str) -> tuple[str, str]:
+  """A config argument "CHOICE[,HARDWARE]" -> (CHOICE or default, HARDWARE or "")."""
+  choice, _, hardware_name = (arg or "").partition(",")
+  return choice.strip() or default, hardware_name.strip()
+
+
+def setup(name: str) -> Setup:
+  """The hardware variant `name` of SETUPS; UserError naming the known ones."""
+  if name not in SETUPS:
+    raise UserError(f"unknown hardware {name!r}; known: {', '.join(SETUPS)}")
+  return SETUPS[name]

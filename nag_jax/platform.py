@@ -4,8 +4,11 @@ Measured on 2-core CPUs and useful only under XLA:CPU (docs/benchmarks.md):
 - the dot library: float32 dots of models with EIGEN_MIN_TOKENS tokens or more go to Eigen instead of XLA:CPU's
   default YNNPACK (`dot_compiler_options`);
 - the gradient fence between blocks (`ModelConfig.grad_fence="auto"`, `resolve`): on under XLA:CPU, whose fusion
-  otherwise recomputes the residual stream's gradient inside every block's backward.
-Elsewhere both do nothing. The platform is read from the devices a program is compiled for (a mesh's), not from
+  otherwise recomputes the residual stream's gradient inside every block's backward;
+- the attention core (`ModelConfig.attention="auto"`, `resolve`): "folded" under XLA:CPU;
+- the sampler's row passes (`rows_per_pass`): a single CPU device runs a step's rows a few at a time.
+Elsewhere none of them applies: "auto" attention is XLA's on GPU and TPU (the splash and cuDNN kernels are
+selectable; "auto" moves to them once a lent device measures that they pay), no fence, no option, one pass. The platform is read from the devices a program is compiled for (a mesh's), not from
 `jax.default_backend()`, which says "cpu" while the TPU compiler builds a program for a TPU slice on a CPU host.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nag_jax.errors import UserError
 from nag_jax.models.config import ModelConfig
 
 # XLA:CPU's choice of dot library: its default runs each dot and convolution in YNNPACK, "" leaves them to Eigen.
@@ -25,6 +29,10 @@ XLA_DEFAULT_YNN = {YNN_DOTS_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_
 # Below this many tokens Eigen's batched attention dots are slower than YNNPACK's (folded core forward, 2-core
 # Xeon: 5.7x YNNPACK's time at 4 tokens, 1.8x at 16, 0.97x at 64, 0.79x at 256).
 EIGEN_MIN_TOKENS = 64
+# One forward pass's MLP activations (rows x tokens x MLP width) on a single CPU device: those of 8 DiT-S/2
+# rows at 256 px (12.6 MB), the fastest pass size measured by benchmarks.vs_torch with YNNPACK's dots (bfloat16;
+# float32 before Eigen), whose rate falls with M; with float32 in Eigen no pass size was faster at every row count.
+CPU_PASS_ACTIVATIONS = 8 * 256 * 1536
 
 
 def platform_of(devices: Iterable | None = None) -> str:
@@ -35,10 +43,34 @@ def platform_of(devices: Iterable | None = None) -> str:
 
 
 def resolve(config: ModelConfig, devices: Iterable | None = None) -> ModelConfig:
-  """`config` with its platform-dependent fields decided for `devices`: grad_fence "auto" -> "on" on CPU, else "off"."""
-  if config.grad_fence != "auto":
-    return config
-  return config.replace(grad_fence="on" if platform_of(devices) == "cpu" else "off")
+  """`config` with its platform-dependent fields decided for `devices` (default: this process's).
+
+  grad_fence "auto" -> "on" on CPU, else "off"; attention "auto" -> "folded" on CPU, else "xla"; "splash" (a
+  Mosaic TPU kernel) -> "splash-interpret" on CPU (the Pallas interpreter: exact, slow), refused on GPU.
+  """
+  name = platform_of(devices)
+  changes = {}
+  if config.grad_fence == "auto":
+    changes["grad_fence"] = "on" if name == "cpu" else "off"
+  if config.attention == "auto":
+    changes["attention"] = "folded" if name == "cpu" else "xla"
+  elif config.attention == "splash" and name != "tpu":
+    if name != "cpu":
+      raise UserError(f"attention 'splash' is a TPU kernel; on {name} use 'cudnn' or 'xla'")
+    changes["attention"] = "splash-interpret"
+  return config.replace(**changes) if changes else config
+
+
+def rows_per_pass(config: ModelConfig, row_chunk: int, devices: Iterable | None = None) -> int | None:
+  """Model rows per forward pass of the sampler: `row_chunk` if > 0; for 0, on a single CPU device as many rows
+  as keep the MLP activations at CPU_PASS_ACTIVATIONS (XLA:CPU runs big passes out of cache), and elsewhere
+  (None) all rows of a step in one pass."""
+  if row_chunk:
+    return row_chunk
+  devices = list(np.asarray(jax.devices() if devices is None else devices, dtype=object).flat)
+  if platform_of(devices) != "cpu" or len(devices) > 1:
+    return None
+  return max(1, CPU_PASS_ACTIVATIONS // (config.num_tokens * int(config.hidden_size * config.mlp_ratio)))
 
 
 def dot_compiler_options(config: ModelConfig, devices: Iterable | None = None) -> dict[str, str]:

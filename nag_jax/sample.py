@@ -87,8 +87,11 @@ def run(c) -> epath.Path:
   if c.parent:
     parent_shardings = model_dir.param_shardings(model_dir.read_config(c.parent), mesh)
     _, parent_params, parent_cfg = checkpoints.load(c.parent, dtype=c.dtype, shardings=parent_shardings)
+  if c.attention:  # the backend, not the weights: any checkpoint runs with any of them
+    model_cfg = model_cfg.replace(attention=c.attention)
   sample = shard_sampler(build_sampler(model_cfg, sampler_cfg, guidance, decode=decode, estimator=estimator,
-                                      parent_config=parent_cfg, jit=False), mesh, shardings,
+                                      parent_config=parent_cfg, jit=False, devices=mesh.devices),
+                         mesh, shardings,
                          parent_shardings=parent_shardings)
   multihost.check_shared(c.out_dir, "--config.out_dir")
   writer.prepare(c.out_dir, spec, overwrite=c.overwrite, write=False)  # every process checks ...

@@ -46,7 +46,8 @@ def tiny_sample() -> tuple[np.ndarray, float]:
   params = jax.jit(DiT(config).init)(jax.random.key(0), *dummy_inputs(config))["params"]
   mesh = make_mesh({"data": -1})
   guidance = GuidanceConfig(cfg_scale=1.2, nag_scale=2.0)  # the paper's NAG+CFG preset
-  sample = shard_sampler(build_sampler(config, SamplerConfig(method="ddpm", num_steps=4), guidance, jit=False), mesh,
+  sample = shard_sampler(build_sampler(config, SamplerConfig(method="ddpm", num_steps=4), guidance, jit=False,
+                                       devices=mesh.devices), mesh,
                          param_shardings(config, mesh))
   labels = jax.device_put(np.arange(len(jax.devices()) * 4) % 10, batch_sharding(mesh))
   start = time.perf_counter()

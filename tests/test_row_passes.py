@@ -8,6 +8,7 @@ from nag_jax.checkpoints.dit_convert import infer_config, torch_to_flax
 from nag_jax.checkpoints.torch_io import read_state_dict
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.models import get_model_config
+from nag_jax import platform
 from nag_jax.sampling import pipeline
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler
 
@@ -44,14 +45,16 @@ def test_in_passes_calls_the_model_with_at_most_the_rows():
   assert seen[:2] == [2, 1]  # lax.map traces one pass of 2 rows, then the remaining row
 
 
-def test_auto_rows_per_pass(monkeypatch):
-  """Auto: 8 DiT-S/2 rows at 256 px (the measured optimum), fewer for wider or longer models; all off CPU."""
-  assert pipeline.rows_per_pass(get_model_config("DiT-S/2", image_size=256), 0) == 8
-  assert pipeline.rows_per_pass(get_model_config("DiT-XL/2", image_size=256), 0) == 2
-  assert pipeline.rows_per_pass(get_model_config("DiT-S/2", image_size=512), 0) == 2
-  assert pipeline.rows_per_pass(get_model_config("DiT-S/2", image_size=256), 5) == 5
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert pipeline.rows_per_pass(get_model_config("DiT-S/2", image_size=256), 0) is None
+def test_auto_rows_per_pass():
+  """Auto: 8 DiT-S/2 rows at 256 px (the measured optimum), fewer for wider or longer models; all rows in one
+  pass for several devices or for TPU devices (keyed on the devices compiled for, not jax.default_backend())."""
+  assert platform.rows_per_pass(get_model_config("DiT-S/2", image_size=256), 0) == 8
+  assert platform.rows_per_pass(get_model_config("DiT-XL/2", image_size=256), 0) == 2
+  assert platform.rows_per_pass(get_model_config("DiT-S/2", image_size=512), 0) == 2
+  assert platform.rows_per_pass(get_model_config("DiT-S/2", image_size=256), 5) == 5
+  assert platform.rows_per_pass(get_model_config("DiT-S/2", image_size=256), 0, jax.devices()[:1] * 2) is None
+  tpu = type("Device", (), {"platform": "tpu"})()
+  assert platform.rows_per_pass(get_model_config("DiT-S/2", image_size=256), 0, [tpu]) is None
 
 
 def test_bad_row_chunk_is_refused(monkeypatch):

@@ -10,6 +10,7 @@ import ml_collections
 import optax
 import pytest
 
+from nag_jax import platform
 from nag_jax import diffusion
 from nag_jax.models import DiT, ModelConfig, init_params
 from nag_jax.models.layers import mixed_einsum
@@ -226,7 +227,8 @@ def test_grad_fence_keeps_the_gradients_and_survives_compilation():
     assert hlo.count(" conditional(") == (config.depth if fence == "on" else 0)
   assert max_difference(grads["on"], grads["off"]) < 1e-6
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["on"])) > 1e-3
-  assert config.fenced and not config.replace(grad_fence="off").fenced
+  assert platform.resolve(config).fenced and not config.fenced  # "auto": on for this CPU, off unresolved
+  assert not platform.resolve(config, [type("Device", (), {"platform": "tpu"})()]).fenced
   with pytest.raises(ValueError, match=r"grad_fence must be one of \('auto', 'on', 'off'\), got 'yes'"):
     config.replace(grad_fence="yes")
 
@@ -234,9 +236,14 @@ def test_grad_fence_keeps_the_gradients_and_survives_compilation():
 def test_bfloat16_gradients_run_bfloat16_dots_close_to_float32():
   """With dtype bfloat16 every dot of the gradient, the backward's included, takes bfloat16 operands (JAX's own
   transpose of a bf16 dot accumulating in f32 runs on f32 operands, at the f32 rate), and the gradients stay
-  within bf16 rounding of float32's."""
-  config = TINY.replace(depth=2)
+  within bf16 rounding of float32's. The "folded" attention core (CPU's "auto") shares that property; XLA's
+  (`jax.nn.dot_product_attention`, "auto" on GPU and TPU) has two dots per block on a float32 softmax gradient."""
+  config = TINY.replace(depth=2, attention="folded")
   params, grad_fns, grads = variant_gradients(config, "dtype", ("float32", "bfloat16"))
+  _, xla_fns, _ = variant_gradients(config.replace(attention="xla"), "dtype", ("bfloat16",))
+  xla_operands = re.findall(r"stablehlo\.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)",
+                            xla_fns["bfloat16"].lower(params).as_text())
+  assert sum(not (a.endswith("xbf16>") and b.endswith("xbf16>")) for a, b in xla_operands) == 2 * config.depth
   operands = re.findall(r"stablehlo\.dot_general .*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)",
                         grad_fns["bfloat16"].lower(params).as_text())
   # each block's seven dots (adaLN, qkv, proj, fc1, fc2, the attention's two), forward and both gradients

@@ -17,13 +17,12 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from nag_jax import destination, flow
+from nag_jax import destination, flow, platform
 from nag_jax.checkpoints import model_dir
 from nag_jax.demo.config import DemoConfig, Variant
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT
 from nag_jax.models.embeddings import timestep_embedding
-from nag_jax.platform import dot_compiler_options
 from nag_jax.training import checkpointing, loop
 from nag_jax.training.base_config import get_base_config
 
@@ -148,9 +147,10 @@ def branch_errors(model_config: ModelConfig, params: Any, x1: np.ndarray, y: np.
   noise-unconditional branch predicts almost as well as the conditional one (the digits' noise level is
   readable from x) while staying a distinct function; an untrained one is far worse.
   """
+  model_config = platform.resolve(model_config)  # this process's devices: run as the sampler and training do
   model, path = DiT(model_config), flow.create_transport("Linear").path
   apply = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y),
-                  compiler_options=dot_compiler_options(model_config))
+                  compiler_options=platform.dot_compiler_options(model_config))
   x1, y = jnp.asarray(x1), jnp.asarray(y)
   out = {"cond": [], "pseudo": [], "gap": []}
   for k, t in enumerate(times):

@@ -5,7 +5,7 @@ import dataclasses
 import re
 from typing import Any
 
-import jax
+
 import jax.numpy as jnp
 
 from nag_jax.process import FAMILIES, family_process
@@ -14,11 +14,12 @@ from nag_jax.errors import UserError
 # Official size table (DiT models.py L328-369; SiT is identical): name -> (depth, hidden, heads).
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 PATCHES = (2, 4, 8)
-# Attention cores (nag_jax.models.dit.attention): "folded" (default) folds heads into the batch, for 3-D dots that
-# XLA:CPU runs 2-3x faster than the 4-D ones of jax.nn.dot_product_attention; "xla" and "cudnn" are the backends of
-# jax.nn.dot_product_attention, "cudnn" the fused GPU kernel (bf16/fp16).
-ATTENTION = ("folded", "xla", "cudnn")
-# Gradient fence between blocks (nag_jax.models.layers.cotangent_fence): "auto" = on under XLA:CPU only.
+# Attention backends (nag_jax.models.attention): "auto" (nag_jax.platform.resolve: "folded" on CPU, "xla" on GPU
+# and TPU until a lent device measures the kernels), "folded", "xla", "cudnn" (GPU, bfloat16), "splash" (TPU; off
+# TPU resolved to "splash-interpret", the Pallas interpreter).
+ATTENTION = ("auto", "folded", "xla", "cudnn", "splash", "splash-interpret")
+# Gradient fence between blocks (nag_jax.models.layers.cotangent_fence): "auto" = on under XLA:CPU only
+# (nag_jax.platform.resolve); unresolved, "auto" is off.
 GRAD_FENCE = ("auto", "on", "off")
 
 
@@ -38,7 +39,7 @@ class ModelConfig:
   learn_sigma: bool = True
   time_scale: float = 1.0
   dtype: str = "float32"
-  attention: str = "folded"
+  attention: str = "auto"
   remat: bool = False  # recompute each block's activations in the backward pass: less memory, ~1/3 more FLOPs
   grad_fence: str = "auto"  # materialise the residual-stream gradient between blocks (GRAD_FENCE)
 
@@ -91,8 +92,9 @@ class ModelConfig:
 
   @property
   def fenced(self) -> bool:
-    """Whether the blocks' inputs go through cotangent_fence: grad_fence "on", or "auto" under XLA:CPU."""
-    return self.grad_fence == "on" or (self.grad_fence == "auto" and jax.default_backend() == "cpu")
+    """Whether the blocks' inputs go through cotangent_fence: grad_fence "on" (`platform.resolve` makes "auto"
+    "on" for CPU devices)."""
+    return self.grad_fence == "on"
 
   def replace(self, **kwargs) -> "ModelConfig":
     return dataclasses.replace(self, **kwargs)

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 
 from nag_jax.models import initializers as init
+from nag_jax.models.attention import attention
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
-from nag_jax.models.layers import cotangent_fence, dense, mixed_einsum
+from nag_jax.models.layers import cotangent_fence, dense
 from nag_jax.sharding import constrain
 from nag_jax.errors import UserError
 
@@ -29,24 +30,6 @@ def layer_norm(x: jax.Array) -> jax.Array:
 def norm_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, dtype) -> jax.Array:
   """modulate(LayerNorm(x)) in float32 as one elementwise fusion, cast once to the next dot's dtype."""
   return modulate(layer_norm(x.astype(jnp.float32)), shift, scale).astype(dtype)
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
-  """softmax(q k^T / sqrt(head_dim)) v on (B, T, heads, head_dim) arrays, logits and softmax in float32.
-
-  "folded" (see config.ATTENTION) runs each product as one dot batched over B * heads and divides by the
-  softmax sum after the value product (one pass fewer over the T x T probabilities); the others are
-  `jax.nn.dot_product_attention` backends.
-  """
-  if implementation != "folded":
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
-  b, t, h, d = q.shape
-  q, k, v = (jnp.transpose(a, (0, 2, 1, 3)).reshape(b * h, t, d) for a in (q * d ** -0.5, k, v))
-  logits = mixed_einsum("nqd,nkd->nqk", q, k, v.dtype)
-  p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-  out = mixed_einsum("nqk,nkd->nqd", p, v, v.dtype)
-  out = out / p.sum(-1, keepdims=True)
-  return jnp.transpose(out.reshape(b, h, t, d), (0, 2, 1, 3)).astype(v.dtype)
 
 
 class Attention(nn.Module):

@@ -84,6 +84,12 @@ class VAEConfig:
     return 2 ** (len(self.block_out_channels) - 1)
 
 
+# The architecture of stabilityai/sd-vae-ft-ema (and -mse), the VAE of DiT and SiT.
+SD_VAE = VAEConfig(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                   up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, norm_num_groups=32,
+                   latent_channels=4, sample_size=256, scaling_factor=0.18215)
+
+
 @flax.struct.dataclass
 class DiagonalGaussian:
   """The posterior q(z|x) as diffusers' DiagonalGaussianDistribution (logvar clamped to [-30, 20]), NHWC."""

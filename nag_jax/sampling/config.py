@@ -5,7 +5,7 @@ import dataclasses
 
 import ml_collections
 
-from nag_jax import process
+from nag_jax import hardware, process
 from nag_jax.errors import UserError
 from nag_jax.guidance import GuidanceConfig
 from nag_jax.sampling.pipeline import SamplerConfig
@@ -33,6 +33,8 @@ def default_sample_config(family: str, preset: str = "nag") -> ml_collections.Co
   c.seed = 0
   c.labels = ""                # "" = uniform random classes, else comma-separated class ids, cycled
   c.dtype = "float32"          # "bfloat16" computes the model in bf16 (params stay f32)
+  c.attention = ""             # the attention backend (ModelConfig.attention); "" = the checkpoint's (usually "auto")
+  c.hardware = ""              # the hardware variant this config was laid out for (nag_jax.hardware.SETUPS)
   c.write_npz = True           # ADM-format samples.npz (arr_0 uint8 NHWC) for FID
   c.grid_size = 64             # images in grid.png
   c.mesh = ml_collections.ConfigDict(default_mesh_config())
@@ -83,3 +85,16 @@ def parse_labels(labels: str, num_classes: int | None = None) -> list[int]:
 def to_dataclasses(c: ml_collections.ConfigDict) -> tuple[SamplerConfig, GuidanceConfig]:
   """(SamplerConfig, GuidanceConfig) from the `sampler` and `guidance` sub-configs (validated)."""
   return SamplerConfig(**c.sampler.to_dict()), GuidanceConfig(**c.guidance.to_dict())
+
+
+def apply_hardware(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Lays a sampling config out for the hardware variant `name` ("" leaves it): data parallel over its devices,
+  `sample_per_device` images per device per call, bfloat16 compute (nag_jax.hardware.SETUPS)."""
+  if not name:
+    return c
+  setup = hardware.setup(name)
+  c.hardware = name
+  c.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+  c.batch_size = setup.devices * setup.sample_per_device
+  c.dtype = "bfloat16"
+  return c

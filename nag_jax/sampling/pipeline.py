@@ -15,7 +15,7 @@ from nag_jax.guidance import Branched, GuidanceConfig, make_segments
 from nag_jax.guidance.classifier_nag import Estimator
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, cast_for_compute
-from nag_jax.platform import dot_compiler_options
+from nag_jax import platform
 from nag_jax.models.noise_estimator import NoiseEstimator
 from nag_jax.sampling import common
 from nag_jax.sampling.ddpm_sampler import DIFFUSION_SAMPLERS, diffusion_noise_levels, sample_diffusion
@@ -23,10 +23,6 @@ from nag_jax.sampling.ode_sampler import ODE_SAMPLERS, ode_noise_levels, sample_
 from nag_jax.sampling.sde_sampler import SDE_SAMPLERS, sample_sde, sde_noise_levels
 
 
-# One forward pass's MLP activations (rows x tokens x MLP width) on a single CPU device: those of 8 DiT-S/2
-# rows at 256 px (12.6 MB), the fastest pass size measured by benchmarks.vs_torch with YNNPACK's dots (bfloat16;
-# float32 before Eigen), whose rate falls with M; with float32 in Eigen no pass size was faster at every row count.
-CPU_PASS_ACTIVATIONS = 8 * 256 * 1536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +42,7 @@ class SamplerConfig:
   atol: float = 1e-6
   rtol: float = 1e-3
   path_type: str = "Linear"
-  row_chunk: int = 0                   # model rows per forward pass; 0 = auto (rows_per_pass)
+  row_chunk: int = 0                   # model rows per forward pass; 0 = auto (platform.rows_per_pass)
 
   def validate(self, family: str) -> None:
     """One clear error for a bad choice, before any compute."""
@@ -67,16 +63,6 @@ class SamplerConfig:
     if self.row_chunk and jax.device_count() > 1:
       raise UserError(f"row_chunk {self.row_chunk} needs a single device (here {jax.device_count()}); "
                       "with a mesh each device runs its own rows: use row_chunk 0")
-
-
-def rows_per_pass(config: ModelConfig, row_chunk: int) -> int | None:
-  """Model rows per forward pass: `row_chunk` if > 0; for 0, on a single CPU device as many rows as keep the
-  MLP activations at CPU_PASS_ACTIVATIONS, and elsewhere (None) all rows of a step in one pass."""
-  if row_chunk:
-    return row_chunk
-  if jax.default_backend() != "cpu" or jax.device_count() > 1:
-    return None
-  return max(1, CPU_PASS_ACTIVATIONS // (config.num_tokens * int(config.hidden_size * config.mlp_ratio)))
 
 
 def in_passes(apply: Callable, rows: int | None) -> Callable:
@@ -139,13 +125,15 @@ def step_noise_levels(model_config: ModelConfig, sampler: SamplerConfig) -> np.n
 def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig, *,
                   decode: Callable[[Any, jax.Array], jax.Array] | None = None,
                   parent_config: ModelConfig | None = None, estimator: NoiseEstimator | None = None,
-                  return_trajectory: bool = False, jit: bool = True) -> Callable:
+                  return_trajectory: bool = False, jit: bool = True, devices=None) -> Callable:
   """fn(params, key, labels, *, decoder_params=None, parent_params=None, estimator_params=None, noises=None).
 
   Returns a dict with "latents" (NHWC), "images" (uint8 NHWC, when `decode(decoder_params, latents)` is
   given), "trajectory" (when asked) and "nfe". Everything, noise draws to uint8, is one compiled call.
   For dopri5 the guided terms are active over the whole interval (intervals need fixed grids).
   Classifier-based NAG needs `estimator` (g_phi; its params at call time).
+  `devices`: those the program is compiled for (a mesh's; default this process's), whose platform decides the
+  models' "auto" choices, the row passes and the compiler options (`nag_jax.platform`).
   `labels` are integer class ids in [0, num_classes) (the null class is internal): concrete labels
   outside are refused with a UserError; traced ones (under an outer jit) give NaN rows instead.
   """
@@ -160,12 +148,14 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     raise UserError("autoguidance_scale > 1 needs parent_config (the weaker model of autoguidance)")
   if "classifier_nag" in used and estimator is None:
     raise UserError("classifier_nag_scale > 0 needs estimator (the noise-level estimator g_phi)")
+  model_config = platform.resolve(model_config, devices)
+  parent_config = None if parent_config is None else platform.resolve(parent_config, devices)
   model = DiT(model_config)
   parent = DiT(parent_config) if parent_config is not None else None
   shape = (model_config.input_size, model_config.input_size, model_config.in_channels)
 
   def apply(module):
-    rows = rows_per_pass(module.config, sampler.row_chunk)
+    rows = platform.rows_per_pass(module.config, sampler.row_chunk, devices)
     return in_passes(lambda p, x, t, y: module.apply({"params": p}, x, t, y), rows)
 
   def sample(params, key, labels, decoder_params=None, parent_params=None, estimator_params=None, noises=None):
@@ -190,7 +180,7 @@ def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: G
     return result
 
   sample.num_classes = model_config.num_classes  # for wrappers (shard_sampler) that check concrete labels
-  sample.compiler_options = dot_compiler_options(model_config)  # for the wrappers that jit it
+  sample.compiler_options = platform.dot_compiler_options(model_config, devices)  # for the wrappers that jit it
   if not jit:
     return sample
   compiled = jax.jit(sample, compiler_options=sample.compiler_options)

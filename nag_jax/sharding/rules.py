@@ -84,7 +84,13 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, _fit(nn.logical_to_mesh_axes(names, RULES), x.shape, mesh))
+  return jax.lax.with_sharding_constraint(x, logical_spec(names, x.shape, mesh))
+
+
+def logical_spec(names: tuple, shape: tuple, mesh) -> P:
+  """The PartitionSpec of an array of `shape` whose dimensions have logical `names`, on `mesh` (axes that do not
+  divide a dimension dropped)."""
+  return _fit(P(*nn.logical_to_mesh_axes(names, RULES)), shape, mesh)
 
 
 def batch_devices(shape: Mapping[str, int]) -> int:

@@ -44,4 +44,5 @@ def shard_sampler(sample_fn: Callable, mesh: Mesh, param_shardings: Any, *,
       checks.check_labels(labels, sample_fn.num_classes)  # values this process can see, before tracing
     return compiled(params, key, labels, decoder_params, parent_params, estimator_params, noises)
 
+  sample.jitted = compiled  # positional (params, key, labels, decoder, parent, estimator, noises): for AOT `lower`
   return sample

@@ -21,6 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from nag_jax.models.config import get_model_config
+from nag_jax import hardware
 from nag_jax.sharding.mesh import default_mesh_config
 from nag_jax.errors import UserError
 
@@ -50,6 +51,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       kind="latents", path="", tfds_name="", data_dir="", split="train", image_size=256, flip=True,
       shuffle=True, worker_count=0, read_threads=-1))  # read_threads: see nag_jax.data.pipeline.read_options
   c.mesh = ml_collections.ConfigDict(default_mesh_config())
+  c.hardware = ""  # the hardware variant the config was laid out for (nag_jax.hardware.SETUPS), "" none
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50_000, keep=3, async_save=True))
   c.log_every_steps = 100
   c.log_batch_digests = False
@@ -69,4 +71,18 @@ def get_xl2_finetune_config(family: str, mode: str = "finetune") -> ml_collectio
   c.global_batch_size = 256
   c.optimizer.learning_rate = 1e-5
   c.data.kind = "latents"
+  return c
+
+
+def apply_hardware(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Lays a training config out for the hardware variant `name` ("" leaves it): its mesh, bfloat16 compute,
+  remat and accumulation (nag_jax.hardware.SETUPS); the global batch stays the paper's."""
+  if not name:
+    return c
+  setup = hardware.setup(name)
+  c.hardware = name
+  c.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **setup.train_mesh})
+  c.model.dtype = "bfloat16"
+  c.model.remat = setup.remat
+  c.optimizer.accumulation_steps = setup.accumulation_steps
   return c

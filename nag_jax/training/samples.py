@@ -33,7 +33,8 @@ def make_sample_grid_fn(model_config: ModelConfig, sc: ml_collections.ConfigDict
                           num_steps=sc.num_steps)
   base = dict(cfg_scale=sc.cfg_scale, pseudo_level=pseudo_level)
   decode = None if vae is None else functools.partial(decode_to_uint8, vae[0])
-  fns = [build_sampler(model_config, sampler, GuidanceConfig(nag_scale=w, **base), decode=decode, jit=False)
+  fns = [build_sampler(model_config, sampler, GuidanceConfig(nag_scale=w, **base), decode=decode, jit=False,
+                       devices=mesh.devices)
          for w in (0.0, sc.nag_scale)]
   rep = replicated(mesh)
   vae_params = None if vae is None else jax.device_put(vae[1], rep)
