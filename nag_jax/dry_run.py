@@ -63,6 +63,8 @@ def build_config(args: argparse.Namespace):
       (c.model if program == "train" else c).attention = args.attention
     if args.steps and program == "sample":
       c.sampler.num_steps = args.steps
+    if args.mesh:
+      c.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh)})
     return c, program
   program = args.program or "train"
   if program == "sample":
@@ -75,7 +77,7 @@ def build_config(args: argparse.Namespace):
     c.optimizer.accumulation_steps = args.accumulation_steps
     c.model = base_config.model_fields(args.model, image_size=args.image_size, dtype=args.dtype, remat=args.remat,
                                        attention=args.attention or "auto")
-  c.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh)})  # unnamed axes: 1
+  c.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **parse_mesh(args.mesh or "data=-1")})  # unnamed axes: 1
   return c, program
 
 
@@ -227,13 +229,11 @@ def lower_sample(c, model_cfg, mesh, out: dict, kind: str, name: str, where: str
   """(the lowered sampler call or None for --no-compile, images per call): the config's sampler and guidance,
   SD-VAE decoding to uint8 inside the call (as `nag_jax.sample` with --config.vae)."""
   from nag_jax.checkpoints import model_dir  # pylint: disable=import-outside-toplevel
-  from nag_jax.guidance.denoiser import branch_inputs  # pylint: disable=import-outside-toplevel
   from nag_jax.models import vae as vae_lib, vae_io  # pylint: disable=import-outside-toplevel
-  from nag_jax.sampling.pipeline import build_sampler, step_noise_levels  # pylint: disable=import-outside-toplevel
+  from nag_jax.sampling.pipeline import build_sampler, network_rows  # pylint: disable=import-outside-toplevel
   sampler_cfg, guidance = sample_config.to_dataclasses(c)
   sharding.check_batch(mesh, c.batch_size)
-  rows = sum(len(branch_inputs(guidance, guidance.active_terms(float(nu))))
-             for nu in step_noise_levels(model_cfg, sampler_cfg))
+  rows = network_rows(model_cfg, sampler_cfg, guidance)
   shardings = model_dir.param_shardings(model_cfg, mesh)
   params = sharding.with_shardings(jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0))), shardings)
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -299,7 +299,8 @@ def parse_args(argv: list[str] | None = None):
                       help="the train step (default) or one sampler call (NAG+CFG, VAE decoding included)")
   parser.add_argument("--model", default=None, help="registry name, e.g. DiT-XL/2 (default) or SiT-B/4")
   parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices (0: this machine's)")
-  parser.add_argument("--mesh", default="data=-1", help="axis sizes, e.g. 'data=2,fsdp=-1' (-1 fills)")
+  parser.add_argument("--mesh", default=None, help="axis sizes, e.g. 'data=2,fsdp=-1' (-1 fills; default: the "
+                      "config's, else data=-1)")
   parser.add_argument("--batch", type=int, default=256, help="global training batch, or images per sampler call")
   parser.add_argument("--accumulation-steps", type=int, default=1)
   parser.add_argument("--image-size", type=int, default=256)

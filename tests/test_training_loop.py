@@ -259,3 +259,16 @@ def test_finetune_config_must_match_the_checkpoint(converted):
   config.model.update(dict(input_size=8, in_channels=4, hidden_size=64, depth=3, num_heads=4))
   with pytest.raises(ConfigError, match=r"differs from the checkpoint .*depth=3 \(checkpoint: 2\)"):
     validate(config)
+
+
+def test_finetune_may_change_how_the_model_is_computed(converted):
+  """dtype, remat, the fence and the attention backend are computations, not weights: a hardware variant (bfloat16,
+  splash) fine-tunes a checkpoint converted with other settings."""
+  config = tiny_config(**{"mode": "finetune", "init_from": str(converted)})
+  ckpt = checkpoints.model_dir.read_config(converted)
+  config.model.update(dict(input_size=ckpt.input_size, in_channels=ckpt.in_channels, hidden_size=ckpt.hidden_size,
+                           depth=ckpt.depth, num_heads=ckpt.num_heads, patch_size=ckpt.patch_size,
+                           family=ckpt.family, learn_sigma=ckpt.learn_sigma, num_classes=ckpt.num_classes))
+  config.model.update(dict(dtype="bfloat16", attention="splash" if ckpt.attention != "splash" else "xla",
+                           remat=not ckpt.remat))
+  validate(config)

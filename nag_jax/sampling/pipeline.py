@@ -13,6 +13,7 @@ from nag_jax import process
 from nag_jax.errors import UserError
 from nag_jax.guidance import Branched, GuidanceConfig, make_segments
 from nag_jax.guidance.classifier_nag import Estimator
+from nag_jax.guidance.denoiser import branch_inputs
 from nag_jax.models.config import ModelConfig
 from nag_jax.models.dit import DiT, cast_for_compute
 from nag_jax import platform
@@ -120,6 +121,13 @@ def step_noise_levels(model_config: ModelConfig, sampler: SamplerConfig) -> np.n
   """Static noise fraction (1 = noise) of each denoising step of the sampler, as the guidance sees it."""
   sampler.validate(model_config.family)
   return _plan(_process(model_config, sampler), sampler)[0]
+
+
+def network_rows(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig) -> int:
+  """Rows the network computes per sampled image over a whole run (steps x the guidance branches active at each):
+  750 for the paper's NAG + CFG over 250 steps. The FLOP count of sampling is this times one forward's."""
+  return sum(len(branch_inputs(guidance, guidance.active_terms(float(nu))))
+             for nu in step_noise_levels(model_config, sampler))
 
 
 def build_sampler(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig, *,

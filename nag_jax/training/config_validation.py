@@ -22,7 +22,7 @@ from nag_jax.training.objectives import objective_process
 MODES = ("scratch", "finetune", "noise_estimator")
 SCHEDULES = ("constant", "cosine", "linear")
 # Fields a fine-tune may change relative to the checkpoint it starts from.
-FINETUNE_FREE = ("num_classes", "dtype", "class_dropout_prob", "remat", "grad_fence")
+FINETUNE_FREE = ("num_classes", "dtype", "class_dropout_prob", "remat", "grad_fence", "attention")
 
 
 class ConfigError(UserError):
