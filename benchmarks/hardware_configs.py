@@ -64,27 +64,28 @@ def main(argv=None) -> None:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   names = [n for n in hardware.SETUPS if not args.only or n in args.only.split(",")]
-  print("| variant | program | mesh | per-chip peak / HBM | spare | TFLOP per chip | projection at 50% | compile s |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| variant | program | mesh | per-chip peak / HBM | spare | TFLOP per chip | projection at 50% | bound | "
+        "compile s |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for program in args.programs.split(","):
     file, arg = PROGRAMS[program]
     for name in names:
       setup = hardware.SETUPS[name]
       if not setup.topology:
         mesh = setup.train_mesh if not program.startswith("sample") else {"data": setup.devices}
-        print(f"| {name} | {program} | {mesh} | not compiler-checked | | | {gpu_projection(name, program)} (FLOPs only) | |",
+        print(f"| {name} | {program} | {mesh} | not compiler-checked | | | {gpu_projection(name, program)} (FLOPs only) | compute | |",
               flush=True)
         continue
       report, seconds, error = dry_run(f"{file}:{arg},{name}", out / f"{program}_{name}.json")
       if report is None:
-        print(f"| {name} | {program} | | {error} | | | | {seconds:.0f} |", flush=True)
+        print(f"| {name} | {program} | | {error} | | | | | {seconds:.0f} |", flush=True)
         continue
       mesh = {k: v for k, v in report["mesh"].items() if v > 1}
       unit = "step" if report["program"] == "train" else "call"
       half = report["projection"]["50%"]
       print(f"| {name} | {program} | {mesh} | {report['peak_bytes'] / 2**30:.1f} / {report['memory_bytes'] / 2**30:.1f} GiB "
             f"| {report['spare']:.0%} | {report['flops_per_chip'] / 1e12:.1f} | {half[unit + '_s'] * 1e3:,.0f} ms per "
-            f"{unit}, {half['images_per_s']:,.0f} img/s | {seconds:.0f} |", flush=True)
+            f"{unit}, {half['images_per_s']:,.0f} img/s | {report['projection']['bound']} | {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

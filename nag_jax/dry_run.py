@@ -53,7 +53,8 @@ def parse_mesh(text: str) -> dict:
 
 
 def build_config(args: argparse.Namespace):
-  """(config, program) of the dry run: the --config file's, or one built from the flags; flags given override."""
+  """(config, program) of the dry run: the --config file's (--mesh, --attention and --steps, when given, override
+  it; its model, batch, dtype, remat and accumulation stand), or one built from the flags."""
   if args.config:
     c = cli.load_config_file(args.config)
     program = "train" if "global_batch_size" in c else "sample"
@@ -146,11 +147,18 @@ def report(args: argparse.Namespace) -> dict:
     mesh_config["dcn"] = {"data": args.num_slices}
   mesh = sharding.make_mesh(mesh_config, devices=devices)
   model_cfg = platform.resolve(model_config(args, c, program), mesh.devices)
+  if args.num_slices > 1:  # each data-parallel group's devices in one slice: only the data axis crosses DCN
+    groups = mesh.devices.reshape(mesh.shape["data"], -1)
+    out_slices = {"slices": len({d.slice_index for d in mesh.devices.flat}),
+                  "groups_within_one_slice": all(len({d.slice_index for d in g}) == 1 for g in groups)}
+  else:
+    out_slices = {"slices": 1}
   kind = "chip" if chip else "device"
   where = f"{mesh.size} chips of {topology} ({mesh.devices.flat[0].device_kind})" if chip else f"{mesh.size} devices"
   name = describe_model(model_cfg) + (f" at depth {model_cfg.depth}" if args.depth else "")
   out = {"program": program, "topology": topology, "devices": mesh.size, "mesh": dict(mesh.shape),
-         "attention": model_cfg.attention, "grad_fence": model_cfg.grad_fence, "dtype": model_cfg.dtype}
+         "attention": model_cfg.attention, "grad_fence": model_cfg.grad_fence, "dtype": model_cfg.dtype,
+         **out_slices}
   if program == "train":
     lowered, batch = lower_train(c, model_cfg, mesh, out, kind, name, where, not args.no_compile)
   else:
@@ -281,7 +289,7 @@ def project(out: dict, chip: hardware.TpuChip, compiled, hlo: str, model_cfg, ch
   if chip.ici_bandwidth:
     times["ICI"] = sum(comm.values()) / (chip.ici_bandwidth / 2)  # each direction carries half
   bound = max(times, key=times.get)
-  out["projection"] = {}
+  out["projection"] = {"bound": bound, "seconds_at_100%": times}
   for efficiency in (1.0, 0.5):
     seconds = times[bound] / efficiency
     out["projection"][f"{efficiency:.0%}"] = {f"{unit}_s": seconds, "images_per_s": out["batch"] / seconds}

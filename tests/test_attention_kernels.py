@@ -101,3 +101,15 @@ def test_splash_inside_shard_map_on_a_data_by_tensor_mesh():
   want, got = out["loss"]
   assert abs(got - want) <= 1e-5 * abs(want)
   assert out["grad_scale"] > 1e-2 and out["grad_diff"] <= 1e-4 * out["grad_scale"]
+
+
+def test_the_accelerator_benchmark_runs_each_backend_it_is_given():
+  """`benchmarks/accelerator.py --dry` (a tiny model on this CPU): every case timed, none failed, "auto" shown with
+  what it resolved to here, and the projected column empty where the chip's peak is unknown."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator", "--dry"], capture_output=True, text=True,
+                        timeout=600, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| DiT") or line.startswith("| SiT")]
+  assert len(rows) == 4 and not any("Error" in r for r in rows), proc.stdout
+  assert sum("| auto (folded) |" in r for r in rows) == 2 and sum("| xla |" in r for r in rows) == 2
+  assert all(float(r.split("|")[6]) > 0 and r.split("|")[7].strip() == "n/a" for r in rows)

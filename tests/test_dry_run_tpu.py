@@ -150,3 +150,10 @@ def test_cloud_names_count_chips_as_jax_sees_them(tmp_path):
   for name, chips in (("v4-32", 16), ("v5p-64", 32), ("v5litepod-64", 64), ("v6e-32", 32)):
     report, _ = run(tmp_path, name, "--topology", name, "--mesh", "fsdp=-1", "--batch", "64", "--no-compile")
     assert report["devices"] == chips and report["mesh"]["fsdp"] == chips, name
+
+
+def test_multi_slice_runs_data_parallel_over_the_slices(tmp_path):
+  report, _ = run(tmp_path, "slices", "--topology", "v5e:2x2", "--num-slices", "2", "--mesh", "data=2,fsdp=-1",
+                  "--no-compile")
+  assert report["devices"] == 8 and report["slices"] == 2 and report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert report["groups_within_one_slice"]  # fsdp's all-gathers stay on ICI; only gradients cross DCN
