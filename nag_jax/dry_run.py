@@ -273,21 +273,31 @@ def lower_sample(c, model_cfg, mesh, out: dict, kind: str, name: str, where: str
 
 
 def project(out: dict, chip: hardware.TpuChip, compiled, hlo: str, model_cfg, chips: int) -> None:
-  """FLOPs, HBM traffic and collective bytes per chip, and the roofline time per call they bound (projections)."""
+  """FLOPs, HBM traffic and collective bytes per chip, and the roofline time per call they bound (projections).
+
+  XLA's cost analysis and the HLO text hold a loop's body once: for the sampler (its steps) and for gradient
+  accumulation (its micro-batches) XLA's FLOPs and bytes are one iteration's plus what runs once. The collectives'
+  and (training) HBM bytes are then multiplied by the iterations, an upper bound; the sampler's HBM traffic is not
+  projected (one step's, the VAE's included: its time is not a bound), its compute is the model count's.
+  """
   flops = out["flops_per_image"] * out["batch"] / chips
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops, hbm_bytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  loops = out["steps"] if out["program"] == "sample" else out["accumulation_steps"]
   comm = collective_bytes(hlo)
   out.update(flops_per_chip=flops, xla_flops_per_chip=xla_flops, hbm_bytes_per_chip=hbm_bytes,
-             collective_bytes_per_chip=comm)
+             collective_bytes_per_chip=comm, loop_iterations=loops)
   unit = "step" if out["program"] == "train" else "call"
-  print(f"  per chip per {unit}: {flops / 1e12:.2f} TFLOP counted from the model ({out['flops_note']}; XLA's cost "
-        f"analysis {xla_flops / 1e12:.2f}), {hbm_bytes / GIB:.2f} GiB of HBM traffic, collectives "
+  once = f" (a loop's body counted once: {loops} iterations)" if loops > 1 else ""
+  print(f"  per chip per {unit}: {flops / 1e12:.2f} TFLOP counted from the model ({out['flops_note']}); XLA's cost "
+        f"analysis{once} {xla_flops / 1e12:.2f} TFLOP and {hbm_bytes / GIB:.2f} GiB of HBM traffic; collectives "
         + (", ".join(f"{k} {v / MIB:.1f} MiB" for k, v in comm.items() if v) or "none"))
-  times = {"compute": max(flops, xla_flops) / chip.bf16_flops, "HBM": hbm_bytes / chip.hbm_bandwidth}
+  times = {"compute": (flops if loops > 1 else max(flops, xla_flops)) / chip.bf16_flops}
+  if out["program"] == "train":
+    times["HBM"] = hbm_bytes * loops / chip.hbm_bandwidth
   if chip.ici_bandwidth:
-    times["ICI"] = sum(comm.values()) / (chip.ici_bandwidth / 2)  # each direction carries half
+    times["ICI"] = sum(comm.values()) * loops / (chip.ici_bandwidth / 2)  # each direction carries half
   bound = max(times, key=times.get)
   out["projection"] = {"bound": bound, "seconds_at_100%": times}
   for efficiency in (1.0, 0.5):
