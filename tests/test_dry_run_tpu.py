@@ -65,6 +65,9 @@ def test_the_sampler_call_compiles_with_the_vae_and_every_guidance_row(tpu_runs)
   assert "compiled sampler call (TPU compiler, TPU v5 lite)" in stdout and "SD-VAE decode" in stdout
   assert report["program"] == "sample" and report["batch"] == 8 and report["mesh"]["data"] == 4
   assert report["network_rows_per_image"] == 4 * 3  # NAG + CFG: conditional, null-class, pseudo-level rows
+  # XLA's cost analysis holds the step loop's body once: no HBM time from it; the compute is the model count's
+  assert report["loop_iterations"] == 4 and "HBM" not in report["projection"]["seconds_at_100%"]
+  assert report["projection"]["seconds_at_100%"]["compute"] == report["flops_per_chip"] / hardware.CHIPS["v5e"].bf16_flops
   assert report["peak_bytes"] == (report["argument_bytes"] + report["output_bytes"] - report["alias_bytes"]
                                   + report["temp_bytes"]) > 0 and report["fits"]
   no_vae = tpu_runs["sample_xla"][0]
