@@ -8,8 +8,9 @@ Measured on 2-core CPUs and useful only under XLA:CPU (docs/benchmarks.md):
 - the attention core (`ModelConfig.attention="auto"`, `resolve`): "folded" under XLA:CPU;
 - the sampler's row passes (`rows_per_pass`): a single CPU device runs a step's rows a few at a time.
 Elsewhere none of them applies: "auto" attention is XLA's on GPU and TPU (the splash and cuDNN kernels are
-selectable; "auto" moves to them once a lent device measures that they pay), no fence, no option, one pass. The platform is read from the devices a program is compiled for (a mesh's), not from
-`jax.default_backend()`, which says "cpu" while the TPU compiler builds a program for a TPU slice on a CPU host.
+selectable; "auto" moves to them once a lent device measures that they pay), no fence, no option, one pass.
+The platform is read from the devices a program is compiled for (a mesh's), not from `jax.default_backend()`,
+which says "cpu" while the TPU compiler builds a program for a TPU slice on a CPU host.
 """
 from __future__ import annotations
 

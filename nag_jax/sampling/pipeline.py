@@ -24,8 +24,6 @@ from nag_jax.sampling.ode_sampler import ODE_SAMPLERS, ode_noise_levels, sample_
 from nag_jax.sampling.sde_sampler import SDE_SAMPLERS, sample_sde, sde_noise_levels
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """Which sampler and its settings; defaults are the official sample scripts' (250 steps)."""
@@ -125,7 +123,8 @@ def step_noise_levels(model_config: ModelConfig, sampler: SamplerConfig) -> np.n
 
 def network_rows(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig) -> int:
   """Rows the network computes per sampled image over a whole run (steps x the guidance branches active at each):
-  750 for the paper's NAG + CFG over 250 steps. The FLOP count of sampling is this times one forward's."""
+  750 for the paper's NAG + CFG over 250 steps. The FLOP count of sampling is this times one forward's. A parent
+  model's rows (Domain Guidance, autoguidance) are not counted, nor dopri5's adaptive steps (one is)."""
   return sum(len(branch_inputs(guidance, guidance.active_terms(float(nu))))
              for nu in step_noise_levels(model_config, sampler))
 
