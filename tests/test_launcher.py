@@ -10,6 +10,7 @@ process, each row written once, and a killed run resumed to the same file.
 """
 import os
 import pathlib
+import re
 import shlex
 import signal
 import subprocess
@@ -112,7 +113,14 @@ def reference(tmp_path_factory):
     if not (root / "one" / "model").is_dir():
       out = single(root / "one")
       assert out.returncode == 0, out.stderr[-3000:]
-  return {"digests": digests(root / "one"), "params": exported(root / "one")}
+      (root / "one.log").write_text(out.stderr + out.stdout)
+  return {"digests": digests(root / "one"), "params": exported(root / "one"),
+          "losses": losses((root / "one.log").read_text())}
+
+
+def losses(log: str) -> dict[int, float]:
+  """{step: the loss as logged (6 significant digits)} of a training log."""
+  return {int(step): float(loss) for step, loss in re.findall(r"\[(\d+)\] .*train/loss=([\d.]+)", log)}
 
 
 def assert_like_the_reference(workdir: pathlib.Path, reference: dict) -> None:
@@ -134,6 +142,17 @@ def test_two_processes_train_like_one(reference, tmp_path):
   assert sorted(n for n in names if not n.startswith("events.out")) == [
       "batch_digests.txt", "checkpoints", "config.json", "model"]
   assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["12", "18", "24"]  # keep=3
+
+
+def test_the_splash_kernel_in_shard_map_across_two_processes_trains_like_one(reference, tmp_path):
+  """attention "splash" (run by the Pallas interpreter on CPU) inside shard_map over 2 processes x 2 devices: the
+  same batches, losses and exported weights as the one-process run with CPU's default attention."""
+  work = tmp_path / "splash"
+  assert finish(launch(work, [*train_args(work), "--config.model.attention=splash"]), work) == 0, logs(work)
+  assert_like_the_reference(work, reference)
+  got = losses(pathlib.Path(f"{work}.log").read_text())
+  assert len(got) == STEPS // 2 and got.keys() == reference["losses"].keys(), (got, reference["losses"])
+  assert all(abs(got[k] - v) <= 1e-5 * max(1.0, abs(v)) for k, v in reference["losses"].items()), (got, reference)
 
 
 @pytest.mark.parametrize("victim", [0, 1])
