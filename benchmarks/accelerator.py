@@ -1,10 +1,10 @@
 """GPU/TPU sampling benchmark: DiT-XL/2 and SiT-XL/2 at 256x256 in bfloat16, NAG+CFG, by attention backend.
 
-  python -m benchmarks.accelerator [--images 64,256] [--attention xla,cudnn] [--peak-tflops 989]
+  python -m benchmarks.accelerator [--images 64,256] [--attention xla,cudnn,flash] [--peak-tflops 989]
   python -m benchmarks.accelerator --dry     # a tiny model on any device (CPU included): checks the script
 
-For each model, image count and attention backend (default: the platform's, "auto" and its kernels: xla and
-cudnn on GPU, xla and splash on TPU): the 250-step sampler is compiled on one device (compile seconds reported),
+For each model, image count and attention backend (default: the platform's, "auto" and its kernels: xla, cudnn
+and Pallas flash on GPU, xla and Pallas splash on TPU): the 250-step sampler is compiled on one device (compile seconds reported),
 then a 10-step sampler of the same program is timed (median of 3 calls) and its time per step scaled to 250
 steps. img/s = images / (250 x step time); MFU = the network rows per image (750 for NAG+CFG over 250 steps,
 `pipeline.network_rows`) x images x the FLOPs of one forward (`hardware.forward_flops`: 237 GFLOP for XL/2) /
@@ -30,7 +30,7 @@ from nag_jax.models import ModelConfig, get_model_config, init_params
 from nag_jax.sampling.pipeline import SamplerConfig, build_sampler, network_rows
 
 GUIDANCE = GuidanceConfig(cfg_scale=1.5, nag_scale=2.0)  # NAG + CFG: 3 model branches per step
-ATTENTION = {"gpu": "auto,cudnn", "tpu": "auto,splash", "cpu": "auto"}  # "auto" is xla on GPU and TPU
+ATTENTION = {"gpu": "auto,cudnn,flash", "tpu": "auto,splash", "cpu": "auto"}  # "auto" is xla on GPU and TPU
 DRY_CONFIG = ModelConfig(family="dit", input_size=8, hidden_size=64, depth=2, num_heads=4, num_classes=10,
                          dtype="bfloat16")
 

@@ -327,7 +327,7 @@ def parse_args(argv: list[str] | None = None):
   parser.add_argument("--remat", action="store_true", help="activation checkpointing of every block")
   parser.add_argument("--depth", type=int, default=0, help="override the model's blocks (quicker compile)")
   parser.add_argument("--no-compile", action="store_true", help="only the per-device bytes (fast)")
-  parser.add_argument("--attention", default=None, choices=[a for a in config_module.ATTENTION if a != "splash-interpret"],
+  parser.add_argument("--attention", default=None, choices=[a for a in config_module.ATTENTION if not a.endswith("-interpret")],
                       help="the attention backend (default: the config's, auto)")
   parser.add_argument("--guidance", default="nag_cfg", choices=tuple(sample_config.PRESETS),
                       help="the sampler's guidance preset (paper appendix B)")

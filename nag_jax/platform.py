@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nag_jax.errors import UserError
-from nag_jax.models.config import ModelConfig
+from nag_jax.models.config import KERNELS, ModelConfig
 
 # XLA:CPU's choice of dot library: its default runs each dot and convolution in YNNPACK, "" leaves them to Eigen.
 YNN_DOTS_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -46,8 +46,9 @@ def platform_of(devices: Iterable | None = None) -> str:
 def resolve(config: ModelConfig, devices: Iterable | None = None) -> ModelConfig:
   """`config` with its platform-dependent fields decided for `devices` (default: this process's).
 
-  grad_fence "auto" -> "on" on CPU, else "off"; attention "auto" -> "folded" on CPU, else "xla"; "splash" (a
-  Mosaic TPU kernel) -> "splash-interpret" on CPU (the Pallas interpreter: exact, slow), refused on GPU.
+  grad_fence "auto" -> "on" on CPU, else "off"; attention "auto" -> "folded" on CPU, else "xla"; a Pallas kernel
+  (KERNELS: "splash" for TPU, "flash" for GPU) -> "NAME-interpret" on CPU (the Pallas interpreter: exact, slow);
+  a kernel on the other accelerator, or "cudnn" off GPU, is refused in one line.
   """
   name = platform_of(devices)
   changes = {}
@@ -55,10 +56,13 @@ def resolve(config: ModelConfig, devices: Iterable | None = None) -> ModelConfig
     changes["grad_fence"] = "on" if name == "cpu" else "off"
   if config.attention == "auto":
     changes["attention"] = "folded" if name == "cpu" else "xla"
-  elif config.attention == "splash" and name != "tpu":
+  elif config.attention in KERNELS and KERNELS[config.attention] != name:
     if name != "cpu":
-      raise UserError(f"attention 'splash' is a TPU kernel; on {name} use 'cudnn' or 'xla'")
-    changes["attention"] = "splash-interpret"
+      raise UserError(f"attention {config.attention!r} is a {KERNELS[config.attention].upper()} kernel; on {name} "
+                      f"use 'xla' or {'splash' if name == 'tpu' else 'cudnn'!r}")
+    changes["attention"] = f"{config.attention}-interpret"
+  elif config.attention == "cudnn" and name != "gpu":
+    raise UserError(f"attention 'cudnn' is a GPU kernel; on {name} use 'xla'")
   return config.replace(**changes) if changes else config
 
 

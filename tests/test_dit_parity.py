@@ -92,7 +92,7 @@ def test_random_configs_match_torch(kw):
   assert np.abs(np.asarray(got) - nhwc(want)).max() < TOL
 
 
-@pytest.mark.parametrize("attention", ["folded", "xla", "splash-interpret"])
+@pytest.mark.parametrize("attention", ["folded", "xla", "splash-interpret", "flash-interpret"])
 def test_attention_backends_match_torch_forward_and_gradients(attention):
   """Each float32 attention core gives torch's outputs and torch autograd's parameter gradients."""
   ref = random_reference(seed=4, input_size=8, patch_size=2, hidden_size=48, depth=2, num_heads=3, num_classes=5)

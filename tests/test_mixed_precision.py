@@ -50,8 +50,9 @@ def test_cast_for_compute_casts_only_kernels():
 
 
 def test_attention_backend_is_validated():
-  with pytest.raises(ValueError, match=r"attention must be one of \('auto', 'folded', 'xla', 'cudnn', 'splash', 'splash-interpret'\), got 'flash'"):
-    ModelConfig(attention="flash")
+  with pytest.raises(ValueError, match=r"attention must be one of \('auto', 'folded', 'xla', 'cudnn', 'splash', 'flash', "
+                                       r"'splash-interpret', 'flash-interpret'\), got 'flash2'"):
+    ModelConfig(attention="flash2")
   with pytest.raises(ValueError, match="attention 'cudnn' needs dtype 'bfloat16'"):
     ModelConfig(attention="cudnn")
   assert ModelConfig(attention="cudnn", dtype="bfloat16").attention == "cudnn"

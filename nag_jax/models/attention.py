@@ -10,7 +10,10 @@
   `tensor`), as maxdiffusion does. It needs sequence blocks of 128 and a lane-sized head dimension: tokens are
   padded to a multiple of 128 with the padded keys masked out by segment ids, head dimensions (72 for XL) padded
   with zeros to a multiple of 128 (the dot products and the values are unchanged).
-- "splash-interpret": the same kernel run by the Pallas interpreter, what "splash" becomes off TPU (tests on CPU).
+- "flash": the Pallas flash-attention kernel of `jax.experimental.pallas.ops.gpu` (GPU, Triton), partitioned the
+  same way; it pads head dimensions to a power of two itself.
+- "splash-interpret", "flash-interpret": the same kernels run by the Pallas interpreter, what "splash" and "flash"
+  become on CPU (tests).
 """
 from __future__ import annotations
 
@@ -31,8 +34,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> 
   """Attention on (B, T, heads, head_dim) arrays in their dtype, logits and softmax in float32."""
   if implementation == "folded":
     return folded(q, k, v)
-  if implementation in ("splash", "splash-interpret"):
-    return sharded_splash(q, k, v, interpret=implementation == "splash-interpret")
+  kernel = implementation.removesuffix("-interpret")
+  if kernel in KERNEL_FNS:
+    run = functools.partial(KERNEL_FNS[kernel], interpret=implementation.endswith("-interpret"))
+    return per_device(run, q, k, v)
   if implementation == "auto":  # not resolved for a platform (a model applied directly): the official graph
     implementation = "xla"
   return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
@@ -86,11 +91,21 @@ def splash(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool = False)
   return jnp.transpose(out[:, :, :t, :d], (0, 2, 1, 3)).astype(v.dtype)
 
 
-def sharded_splash(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool) -> jax.Array:
-  """`splash` per device inside `jax.shard_map` over the context mesh (`jax.set_mesh`): batch over the batch
-  axes, heads over `tensor` (the logical rules), where they divide; no mesh, or one device: the kernel directly."""
+def flash(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret: bool = False) -> jax.Array:
+  """The Pallas GPU flash-attention kernel on one device's (B, T, heads, head_dim) arrays (its default blocks of 128,
+  or the whole sequence when shorter)."""
+  from jax.experimental.pallas.ops.gpu import attention as kernel  # pylint: disable=import-outside-toplevel
+  return kernel.mha(q, k, v, None, sm_scale=q.shape[-1] ** -0.5, interpret=interpret).astype(v.dtype)
+
+
+KERNEL_FNS = {"splash": splash, "flash": flash}  # the Pallas kernels of config.KERNELS
+
+
+def per_device(run, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """`run(q, k, v)` (a Pallas kernel, which XLA cannot partition) per device inside `jax.shard_map` over the context
+  mesh (`jax.set_mesh`): batch over the batch axes, heads over `tensor` (the logical rules), where they divide;
+  without a mesh, or on one device, directly."""
   mesh = jax.sharding.get_abstract_mesh()
-  run = functools.partial(splash, interpret=interpret)
   if mesh.empty or math.prod(mesh.shape.values()) == 1:
     return run(q, k, v)
   spec = logical_spec(ACTIVATION_NAMES, q.shape, mesh)

@@ -15,9 +15,10 @@ from nag_jax.errors import UserError
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 PATCHES = (2, 4, 8)
 # Attention backends (nag_jax.models.attention): "auto" (nag_jax.platform.resolve: "folded" on CPU, "xla" on GPU
-# and TPU until a lent device measures the kernels), "folded", "xla", "cudnn" (GPU, bfloat16), "splash" (TPU; off
-# TPU resolved to "splash-interpret", the Pallas interpreter).
-ATTENTION = ("auto", "folded", "xla", "cudnn", "splash", "splash-interpret")
+# and TPU until a lent device measures the kernels), "folded", "xla", "cudnn" (GPU, bfloat16), and the Pallas
+# kernels of KERNELS, which off their platform resolve to NAME-interpret (the Pallas interpreter, on CPU).
+KERNELS = {"splash": "tpu", "flash": "gpu"}  # Pallas kernel -> the platform it compiles for
+ATTENTION = ("auto", "folded", "xla", "cudnn", *KERNELS, *(f"{k}-interpret" for k in KERNELS))
 # Gradient fence between blocks (nag_jax.models.layers.cotangent_fence): "auto" = on under XLA:CPU only
 # (nag_jax.platform.resolve); unresolved, "auto" is off.
 GRAD_FENCE = ("auto", "on", "off")
