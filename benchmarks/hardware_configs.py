@@ -19,8 +19,10 @@ import subprocess
 import sys
 import time
 
-from nag_jax import hardware
+from nag_jax import cli, hardware
 from nag_jax.models import get_model_config
+from nag_jax.sampling import config as sample_config
+from nag_jax.sampling.pipeline import network_rows
 
 PROGRAMS = {  # name -> (config file, argument before the variant)
     "finetune": ("configs/imagenet_finetune_nag.py", "DiT"),
@@ -46,9 +48,12 @@ def gpu_projection(name: str, program: str) -> str:
   """The FLOP roofline of a GPU variant at 50% of the bf16 peak (no compiler involved)."""
   setup = hardware.SETUPS[name]
   peak = hardware.peak_flops(name.split("x", 1)[1])
-  forward = hardware.forward_flops(get_model_config("DiT-XL/2"))
+  model = get_model_config("DiT-XL/2")
+  forward = hardware.forward_flops(model)
   if program.startswith("sample"):
-    batch, flops = setup.devices * setup.sample_per_device, 250 * 3 * forward  # NAG+CFG: 3 rows a step
+    file, arg = PROGRAMS[program]
+    sampler, guidance = sample_config.to_dataclasses(cli.load_config_file(f"{file}:{arg}"))
+    batch, flops = setup.devices * setup.sample_per_device, network_rows(model, sampler, guidance) * forward
   else:
     batch, flops = 256, 3 * forward
   seconds = flops * batch / setup.devices / (0.5 * peak)
